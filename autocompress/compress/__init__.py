@@ -1,0 +1,68 @@
+"""Compression operators and :func:`apply`, which composes them in a fixed order."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autocompress.compress.prune import prune_channels
+from autocompress.compress.quantize import attach_activation_quantizers, quantize_weights
+from autocompress.compress.recover import recalibrate_batchnorm, train
+from autocompress.config import FLOAT_BITS, CompressionConfig
+from autocompress.data import DataBundle, batches
+from autocompress.graph import LayerTable
+
+__all__ = ["Recovery", "apply", "prune_channels", "quantize_weights"]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What is done after compression to win accuracy back (the user's budget)."""
+
+    bn_batches: int = 20  # batch-norm re-estimation; 0 turns it off
+    finetune_steps: int = 0  # SGD steps with distillation from the uncompressed model
+    lr: float = 0.01
+    batch_size: int = 128
+    calibration_batches: int = 4  # for activation ranges
+    bf16: bool = True
+
+
+def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
+          data: DataBundle | None = None, recovery: Recovery = Recovery(), seed: int = 0) -> nn.Module:
+    """Return a compressed copy of ``model``: pruned, recovered, then quantised.
+
+    Order: prune channels -> re-estimate BN -> fine-tune with distillation (float) ->
+    quantise weights -> re-estimate BN -> calibrate activation ranges. Deterministic for a
+    given model, config, data and seed.
+    """
+    torch.manual_seed(seed)
+    compressed = copy.deepcopy(model).eval()
+    example = torch.zeros((1, *table.input_shape))
+    prune_channels(compressed, table, config, example)
+    pruned = any(lc.prune > 0 for lc in config.layers.values())
+    if data is not None and pruned and recovery.bn_batches:
+        recalibrate_batchnorm(compressed, data, batches_=recovery.bn_batches,
+                              batch_size=recovery.batch_size, seed=seed)
+    if data is not None and recovery.finetune_steps > 0:
+        train(compressed, data, steps=recovery.finetune_steps, lr=recovery.lr,
+              batch_size=recovery.batch_size, teacher=model, seed=seed, bf16=recovery.bf16)
+    wbits = {n: config.layer(n).wbits for n in table.names if config.layer(n).wbits}
+    quantize_weights(compressed, wbits)
+    if data is not None and recovery.bn_batches and any(b < FLOAT_BITS for b in wbits.values()):
+        recalibrate_batchnorm(compressed, data, batches_=recovery.bn_batches,
+                              batch_size=recovery.batch_size, seed=seed)
+    abits = {n: config.layer(n).abits for n in table.names if config.layer(n).abits}
+    quantizers = attach_activation_quantizers(compressed, abits)
+    if quantizers:
+        if data is None:
+            raise ValueError("activation quantisation needs calibration data")
+        with torch.no_grad():
+            for i, (xb, _) in enumerate(batches(data.train_x, data.train_y, recovery.batch_size)):
+                if i >= recovery.calibration_batches:
+                    break
+                compressed(xb)
+        for q in quantizers:
+            q.observing = False
+    return compressed.eval()

@@ -1,0 +1,69 @@
+"""Simulated (fake) quantisation, consistent with integer arithmetic.
+
+Weights: symmetric, per output channel, b bits -> integers in [-(2^(b-1)-1), 2^(b-1)-1] times one
+fp32 scale per channel. Activations (a layer's input): per tensor, calibrated on a few batches;
+unsigned when the calibration data never goes negative (after a ReLU), else symmetric.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autocompress.config import FLOAT_BITS
+
+
+def quantize_weight_(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round ``weight`` in place to ``bits``-bit symmetric per-output-channel values."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
+    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax)
+    weight.data.copy_((q * scale[:, None]).reshape(weight.shape))
+    return scale
+
+
+class ActQuant(nn.Module):
+    """Fake-quantises a tensor per tensor; ``observe`` mode records its range first."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.observing = True
+        self.register_buffer("lo", torch.tensor(float("inf")))
+        self.register_buffer("hi", torch.tensor(float("-inf")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.lo = torch.minimum(self.lo, x.detach().min())
+            self.hi = torch.maximum(self.hi, x.detach().max())
+            return x
+        if self.lo >= 0:  # unsigned
+            qmin, qmax = 0, 2 ** self.bits - 1
+            scale = self.hi.clamp_min(1e-12) / qmax
+        else:
+            qmax = 2 ** (self.bits - 1) - 1
+            qmin = -qmax
+            scale = torch.maximum(self.hi.abs(), self.lo.abs()).clamp_min(1e-12) / qmax
+        return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+
+
+def quantize_weights(model: nn.Module, wbits: dict[str, int]) -> None:
+    modules = dict(model.named_modules())
+    for name, bits in wbits.items():
+        if bits < FLOAT_BITS:
+            quantize_weight_(modules[name].weight, bits)
+
+
+def attach_activation_quantizers(model: nn.Module, abits: dict[str, int]) -> list[ActQuant]:
+    """Put an ActQuant on the input of every layer with abits < 32; they start observing."""
+    modules = dict(model.named_modules())
+    quantizers = []
+    for name, bits in abits.items():
+        if bits >= FLOAT_BITS:
+            continue
+        q = ActQuant(bits)
+        layer = modules[name]
+        layer.add_module("input_quant", q)
+        layer.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]),) + tuple(args[1:]))
+        quantizers.append(q)
+    return quantizers

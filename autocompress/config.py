@@ -1,0 +1,201 @@
+"""CompressionConfig: what to do to each layer, as plain, versioned, serialisable data.
+
+The same config applied to the same model gives the same compressed model. Its shapes, size
+and cost follow from a LayerTable and the config alone (:func:`resolve`), without building it.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autocompress._errors import UserError
+from autocompress.graph import LayerTable
+
+__all__ = ["LayerConfig", "CompressionConfig", "ResolvedConfig", "resolve", "kept_channels",
+           "FLOAT_BITS", "SUPPORTED_BITS"]
+
+FORMAT = "autocompress.CompressionConfig"
+VERSION = 1
+FLOAT_BITS = 32
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8, 16)
+
+
+class LayerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prune: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of output channels removed")
+    wbits: int | None = Field(None, description="weight bits; None keeps float weights")
+    abits: int | None = Field(None, description="input activation bits; None keeps float")
+
+    @field_validator("wbits", "abits")
+    @classmethod
+    def _bits(cls, v: int | None) -> int | None:
+        if v is not None and v not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, not {v}")
+        return v
+
+
+class CompressionConfig(BaseModel):
+    """Per-layer compression settings, keyed by the layer's module name.
+
+    Pruning acts on channel groups (layers that share channels through a residual add or a
+    depthwise conv); a ratio given for any layer of a group applies to the whole group.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["autocompress.CompressionConfig"] = FORMAT
+    version: int = VERSION
+    layers: dict[str, LayerConfig] = Field(default_factory=dict)
+    channel_multiple: int = Field(1, ge=1, description="kept channel counts are multiples of this")
+    importance: Literal["l2", "l1"] = "l2"
+    meta: dict = Field(default_factory=dict, description="where it came from (model, target, trial)")
+
+    # --- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False)
+
+    def to_yaml(self) -> str:
+        import yaml
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config") -> "CompressionConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise UserError(f"{source}: field {field!r}: {err['msg']}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompressionConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML/JSON: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping with 'layers', got {type(data).__name__}")
+        if data.get("format", FORMAT) != FORMAT:
+            raise UserError(f"{path}: 'format' is {data.get('format')!r}, expected {FORMAT!r}")
+        if data.get("version", VERSION) > VERSION:
+            raise UserError(f"{path}: config version {data['version']} is newer than this "
+                            f"autocompress understands ({VERSION}); upgrade autocompress")
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        from autocompress.utils import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json())
+
+    # --- helpers ----------------------------------------------------------------------------
+    def layer(self, name: str) -> LayerConfig:
+        return self.layers.get(name) or LayerConfig()
+
+    def with_default_bits(self, table: LayerTable, wbits: int | None, abits: int | None) -> "CompressionConfig":
+        """A copy where every layer of ``table`` without bits gets ``wbits`` / ``abits``."""
+        layers = {}
+        for name in table.names:
+            lc = self.layer(name)
+            layers[name] = lc.model_copy(update={
+                "wbits": lc.wbits if lc.wbits is not None else wbits,
+                "abits": lc.abits if lc.abits is not None else abits})
+        return self.model_copy(update={"layers": layers})
+
+
+def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
+    """Channels left after pruning ``ratio`` of ``channels``: round((1 - r) * C), rounded to a
+    multiple of ``multiple`` (never below one multiple, never above C)."""
+    keep = math.floor((1.0 - ratio) * channels / multiple + 0.5) * multiple
+    return int(min(channels, max(min(multiple, channels), keep)))
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A config laid over a LayerTable: per-layer compressed shapes and bits, as arrays."""
+
+    names: list[str]
+    in_channels: np.ndarray
+    out_channels: np.ndarray
+    groups: np.ndarray
+    macs: np.ndarray
+    weight_params: np.ndarray
+    bias_params: np.ndarray
+    wbits: np.ndarray  # FLOAT_BITS where unquantised
+    abits: np.ndarray
+    kept: dict[str, int]  # channel group -> channels kept
+    extra_params: int  # batch norm and other non-layer parameters left
+
+    @property
+    def params(self) -> int:
+        return int(self.weight_params.sum() + self.bias_params.sum()) + self.extra_params
+
+    @property
+    def size_bytes(self) -> int:
+        """Weights at their bit-widths, one fp32 scale per output channel of a quantised layer,
+        biases and every other parameter in fp32."""
+        quant = self.wbits < FLOAT_BITS
+        weight_bits = int((self.weight_params * self.wbits).sum())
+        scales = int((self.out_channels * quant).sum())
+        return math.ceil(weight_bits / 8) + 4 * (scales + int(self.bias_params.sum()) + self.extra_params)
+
+
+def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, float]:
+    """Pruning ratio per channel group; unknown layers and conflicting ratios are errors."""
+    ratios: dict[str, tuple[float, str]] = {}
+    for name, lc in config.layers.items():
+        if name not in table:
+            close = difflib.get_close_matches(name, table.names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"config names layer {name!r}, which the model does not have{hint}")
+        if lc.prune <= 0:
+            continue
+        group = table[name].out_group
+        if group is None:
+            raise UserError(f"layer {name!r} cannot be pruned: its outputs are the model's outputs")
+        if group in ratios and ratios[group][0] != lc.prune:
+            other = ratios[group][1]
+            raise UserError(f"layers {other!r} and {name!r} share channels (residual or depthwise "
+                            f"link): give them the same pruning ratio ({ratios[group][0]} vs {lc.prune})")
+        ratios[group] = (lc.prune, name)
+    return {g: r for g, (r, _) in ratios.items()}
+
+
+def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
+    ratios = group_ratios(table, config)
+    kept = {g: (kept_channels(grp.channels, ratios[g], config.channel_multiple) if g in ratios
+                else grp.channels) for g, grp in table.groups.items()}
+    n = len(table.layers)
+    cin, cout, groups, macs = (np.zeros(n, dtype=np.int64) for _ in range(4))
+    wparams, bparams = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
+    for i, layer in enumerate(table.layers):
+        o = kept[layer.out_group] if layer.out_group else layer.out_channels
+        c = kept[layer.in_group] * layer.in_per_channel if layer.in_group else layer.in_channels
+        g = o if layer.depthwise else layer.groups
+        kh, kw = layer.kernel
+        cin[i], cout[i], groups[i] = c, o, g
+        macs[i] = layer.spatial * o * (c // g) * kh * kw
+        wparams[i] = o * (c // g) * kh * kw
+        bparams[i] = o if layer.bias_params else 0
+        lc = config.layer(layer.name)
+        wbits[i] = lc.wbits or FLOAT_BITS
+        abits[i] = lc.abits or FLOAT_BITS
+    extra = table.other_params + sum(kept[g] * grp.extra_params_per_channel for g, grp in table.groups.items())
+    return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, kept, extra)
