@@ -43,3 +43,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+def bf16_is_fast() -> bool:
+    """bf16 autocast pays on CPUs with native bf16 (AVX-512 BF16 / AMX); on others (AVX2 only)
+    oneDNN emulates it and training runs an order of magnitude slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -26,7 +26,7 @@ class Recovery:
     lr: float = 0.01
     batch_size: int = 128
     calibration_batches: int = 4  # for activation ranges
-    bf16: bool = True
+    bf16: bool | None = None  # None: where the CPU has native bf16
 
 
 def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,

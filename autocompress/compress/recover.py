@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.data import DataBundle, batches
+from autocompress.utils import bf16_is_fast
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -57,10 +58,16 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, *, batches_: int =
 
 def train(model: nn.Module, data: DataBundle, *, steps: int, lr: float, batch_size: int = 128,
           teacher: nn.Module | None = None, temperature: float = 4.0, kd_weight: float = 0.9,
-          seed: int = 0, bf16: bool = True, weight_decay: float = 5e-4, progress=None) -> None:
-    """SGD (Nesterov, one-cycle) for ``steps`` steps; distils from ``teacher`` when given."""
+          seed: int = 0, bf16: bool | None = None, weight_decay: float = 5e-4, progress=None) -> None:
+    """SGD (Nesterov, one-cycle) for ``steps`` steps; distils from ``teacher`` when given.
+
+    ``bf16`` None: bf16 autocast with channels_last where the CPU computes bf16 natively."""
     if steps <= 0:
         return
+    if bf16 is None:
+        bf16 = bf16_is_fast()
+    if bf16:
+        model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -91,6 +98,8 @@ def train(model: nn.Module, data: DataBundle, *, steps: int, lr: float, batch_si
                 progress(step, steps, float(loss))
             if step >= steps:
                 break
+    if bf16:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
 
 

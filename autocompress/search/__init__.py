@@ -1,0 +1,102 @@
+"""The search engine: what to search (:class:`SearchSettings`) and how to run it
+(:class:`RunSettings`), kept apart as Ray Tune keeps TuneConfig and RunConfig apart.
+
+:func:`run_search` runs the trials still owed to a run directory (all of them for a new run,
+the rest for a resumed one), recording each as it ends.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from autocompress._errors import UserError
+from autocompress.search._sampler import ALGORITHMS, make_sampler
+from autocompress.search.problem import OBJECTIVES, Constraints, Problem
+from autocompress.search.rundir import RunDirectory
+
+__all__ = ["SearchSettings", "RunSettings", "Constraints", "Problem", "RunDirectory", "run_search",
+           "ALGORITHMS", "OBJECTIVES"]
+
+
+@dataclass
+class SearchSettings:
+    """What to search."""
+
+    trials: int = 32
+    algorithm: str = "nsga2"
+    seed: int = 0
+    objectives: dict[str, str] = field(default_factory=lambda: {"energy_reduction": "max", "accuracy": "max"})
+    constraints: Constraints = field(default_factory=Constraints)
+
+    def __post_init__(self):
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise UserError(f"--trials must be at least 1, not {self.trials}")
+        if self.algorithm not in ALGORITHMS:
+            from autocompress._errors import unknown_name
+            raise unknown_name("algorithm", self.algorithm, list(ALGORITHMS))
+
+
+@dataclass
+class RunSettings:
+    """How to run it."""
+
+    workers: int | None = None  # concurrent trials; default: the free cores
+    cpus_per_trial: float | None = None  # default: the cores shared out among the workers
+    gpus_per_trial: float = 0
+    ray_address: str | None = None
+
+    def resolved(self) -> "RunSettings":
+        cores = os.cpu_count() or 1
+        workers = self.workers or cores
+        if workers < 1:
+            raise UserError(f"--workers must be at least 1, not {workers}")
+        cpus = self.cpus_per_trial or max(1, cores // workers)
+        return RunSettings(workers, cpus, self.gpus_per_trial, self.ray_address)
+
+
+def reference_point(problem: Problem, baseline: dict) -> dict[str, float]:
+    """The hypervolume's reference point: the uncompressed model's energy and size, and the
+    lowest accuracy the constraints accept."""
+    drop = problem.constraints.max_acc_drop
+    ref = {"energy_reduction": 1.0,
+           "accuracy": max(0.0, baseline["accuracy"] - (drop / 100 if drop is not None else baseline["accuracy"])),
+           "size_bytes": float(baseline["size_bytes"]), "latency_ms": float(baseline["latency_ms"])}
+    return {k: ref[k] for k in problem.objectives}
+
+
+def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundir: RunDirectory, *,
+               on_trial: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
+    """Run the trials the run directory still owes; returns every trial's record."""
+    run = run.resolved()
+    records = rundir.trials()
+    baseline = rundir.baseline
+    ref = reference_point(problem, baseline)
+    directions = list(problem.objectives.values())
+    sampler = make_sampler(search.algorithm, problem.space.searchable, directions, search.seed, search.trials)
+    for r in records:  # resume: the sampler learns from the finished trials
+        sampler.replay(r["params"], problem.objective_values(r), problem.constraint_values(r))
+    remaining = search.trials - len(records)
+    if remaining <= 0:
+        rundir.write_tables(records, problem.objectives, ref)
+        return records
+
+    def on_record(record: dict) -> None:
+        records.append(record)
+        rundir.append(record)
+        rundir.write_tables(records, problem.objectives, ref)
+        if on_trial:
+            on_trial(record, records)
+
+    from autocompress.search._tune import run_trials
+
+    first = max((int(r["trial"]) for r in records), default=-1) + 1
+    run_trials(problem, sampler, budget=remaining, first_index=first, workers=run.workers,
+               cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
+               ray_address=run.ray_address, on_record=on_record)
+    return records
+
+
+def settings_dict(search: SearchSettings, run: RunSettings) -> dict:
+    return {"search": {**asdict(search), "constraints": asdict(search.constraints)},
+            "run": asdict(run)}

@@ -1,0 +1,297 @@
+"""The Python API: :func:`search`, :func:`compress`, :func:`profile`, :func:`load_target`.
+
+Everything the CLI does goes through here, so a pipeline gets the same behaviour::
+
+    import autocompress
+    result = autocompress.search("resnet18", target="tpu-v1", trials=16)
+    print(result.pareto)                       # a pandas DataFrame
+    model = result.apply(result.best()["trial"])   # the compressed nn.Module
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from autocompress._errors import NothingFeasible, UserError
+from autocompress.baseline import BaselineTraining, cached_or_trained
+from autocompress.compress import Recovery, apply
+from autocompress.config import CompressionConfig
+from autocompress.data import DataBundle, from_torch, resolve_data
+from autocompress.evaluate import Evaluator, Metrics
+from autocompress.graph import LayerTable, trace
+from autocompress.hardware import HardwareProfile, load_profile
+from autocompress.models import build_model, load_weights
+from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings, SearchSettings,
+                                 run_search, settings_dict)
+from autocompress.space import BoundSpace, default_space_for, load_space
+
+__all__ = ["search", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
+           "Constraints", "Recovery", "SearchSettings", "RunSettings"]
+
+load_target = load_profile
+
+
+def _parse_shape(shape) -> tuple[int, ...] | None:
+    if shape is None or isinstance(shape, tuple):
+        return shape
+    try:
+        dims = tuple(int(x) for x in str(shape).lower().split("x"))
+    except ValueError:
+        raise UserError(f"input shape {shape!r} must look like 3x32x32") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise UserError(f"input shape {shape!r} must have positive dimensions, e.g. 3x32x32")
+    return dims
+
+
+@dataclass
+class Prepared:
+    """A model, its data and its target, resolved and traced: what every command starts from."""
+
+    model: nn.Module
+    model_desc: str
+    data: DataBundle | None
+    table: LayerTable
+    profile: HardwareProfile
+    inputs: dict  # the user's inputs as plain data (for settings.json and resume)
+    notes: list[str] = field(default_factory=list)
+
+    def evaluator(self, recovery: Recovery = Recovery(), metric: str = "top1", seed: int = 0) -> Evaluator:
+        if self.data is None:
+            raise UserError("this needs data (--data)")
+        return Evaluator(self.model, self.table, self.data, self.profile, recovery=recovery,
+                         metric=metric, seed=seed)
+
+    def space(self, spec: str | None = None) -> BoundSpace:
+        name = spec or default_space_for(self.inputs.get("model", ""))
+        bound = load_space(name).bind(self.table).restrict_to(self.profile)
+        return bound
+
+
+def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", target: str | HardwareProfile = "tpu-v1", *,
+            weights: str | None = None, train_data=None, val_data=None, num_classes: int | None = None,
+            input_shape=None, stem: str | None = None, val_samples: int | None = None,
+            normalize: str = "auto", baseline: BaselineTraining | None = BaselineTraining(),
+            log: Callable[[str], None] = print) -> Prepared:
+    """Resolve a model (zoo name, ``module:callable`` or nn.Module), data and target, load or
+    train the baseline weights, and trace the LayerTable."""
+    profile_ = load_profile(target)
+    notes: list[str] = []
+    bundle = None
+    if train_data is not None or val_data is not None:
+        if train_data is None or val_data is None:
+            raise UserError("give both train_data and val_data")
+        bundle = from_torch(train_data, val_data, num_classes=num_classes)
+    elif data is not None:
+        bundle = resolve_data(data, normalize=normalize)
+    if bundle is not None:
+        bundle = bundle.subset_val(val_samples)
+        notes += bundle.notes
+    shape = _parse_shape(input_shape) or (bundle.input_shape if bundle else None)
+    if shape is None:
+        raise UserError("give --input-shape (e.g. 3x32x32) or --data")
+    if bundle is not None and input_shape is not None and tuple(shape) != bundle.input_shape:
+        raise UserError(f"--input-shape {'x'.join(map(str, shape))} does not match the data's "
+                        f"{'x'.join(map(str, bundle.input_shape))}")
+    classes = num_classes or (bundle.num_classes if bundle else 1000)
+    if isinstance(model, nn.Module):
+        net, desc = model, f"{type(model).__name__} (user model)"
+        spec = desc
+    else:
+        spec = str(model)
+        net, desc = build_model(spec, num_classes=classes, input_shape=shape, stem=stem)
+    if weights:
+        load_weights(net, weights)
+        notes.append(f"weights: {weights}")
+    elif not isinstance(model, nn.Module) and bundle is not None and baseline is not None:
+        net, line = cached_or_trained(net, desc, bundle, baseline, log=log)
+        notes.append(line)
+    net.eval()
+    table = trace(net, torch.zeros((1, *shape)))
+    notes += table.notes
+    inputs = {"model": spec, "model_desc": desc, "data": bundle.name if bundle else None,
+              "data_fingerprint": bundle.fingerprint if bundle else None, "target": profile_.name,
+              "weights": str(weights) if weights else None, "input_shape": list(shape),
+              "num_classes": classes, "stem": stem, "val_samples": val_samples, "normalize": normalize,
+              "baseline_training": asdict(baseline) if baseline else None}
+    return Prepared(net, desc, bundle, table, profile_, inputs, notes)
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    run_dir: Path
+    trials: pd.DataFrame
+    pareto: pd.DataFrame
+    hypervolume: float
+    baseline: dict
+    records: list[dict]
+    prepared: Prepared | None = None
+    recovery: Recovery = Recovery()
+    seed: int = 0
+    metric: str = "top1"
+
+    def config(self, trial: int) -> CompressionConfig:
+        for r in self.records:
+            if int(r["trial"]) == int(trial) and r.get("config"):
+                return CompressionConfig.from_dict(r["config"])
+        raise UserError(f"no trial {trial} with a config in {self.run_dir}")
+
+    def best(self, max_acc_drop: float | None = None, objective: str = "energy_reduction") -> pd.Series:
+        """The Pareto candidate with the best ``objective`` within an accuracy-drop limit."""
+        rows = self.pareto
+        if max_acc_drop is not None:
+            rows = rows[rows["accuracy_drop"] <= max_acc_drop]
+        if rows.empty:
+            raise NothingFeasible("no Pareto candidate meets that limit")
+        ascending = objective in ("size_bytes", "latency_ms", "energy_mj", "accuracy_drop")
+        return rows.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
+
+    def apply(self, trial: int, model: nn.Module | None = None) -> nn.Module:
+        """Build the compressed model of ``trial`` (from the searched model by default)."""
+        if self.prepared is None and model is None:
+            raise UserError("give the model to apply the config to")
+        prep = self.prepared
+        base = model if model is not None else prep.model
+        return apply(base, prep.table, self.config(trial), data=prep.data, recovery=self.recovery, seed=self.seed)
+
+    def reproduce(self, trial: int) -> Metrics:
+        """Re-evaluate ``trial`` from its saved config (same data, seed and thread count)."""
+        record = next(r for r in self.records if int(r["trial"]) == int(trial))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(record.get("threads") or threads))
+        try:
+            return self.prepared.evaluator(self.recovery, self.metric, self.seed).evaluate(self.config(trial))
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _fingerprint(prep: Prepared, space: BoundSpace, search_: SearchSettings, recovery: Recovery, metric: str) -> str:
+    blob = json.dumps({"inputs": {k: v for k, v in prep.inputs.items() if k != "weights"},
+                       "params": [p.name for p in space.params], "objectives": search_.objectives,
+                       "constraints": asdict(search_.constraints), "recovery": asdict(recovery),
+                       "metric": metric, "algorithm": search_.algorithm, "seed": search_.seed},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, *, data: str | None = "digits",
+           target: str | HardwareProfile = "tpu-v1", space: str | None = None,
+           objectives: list[str] | dict | None = None, constraints: Constraints | dict | None = None,
+           trials: int = 32, algorithm: str = "nsga2", seed: int = 0, weights: str | None = None,
+           recovery: Recovery | None = None, metric: str = "top1", val_samples: int | None = None,
+           normalize: str = "auto", input_shape=None, num_classes: int | None = None,
+           workers: int | None = None, cpus_per_trial: float | None = None, ray_address: str | None = None,
+           out: str | Path | None = None, resume: str | Path | None = None,
+           log: Callable[[str], None] = print, on_trial: Callable[[dict, list[dict]], None] | None = None,
+           prepared: Prepared | None = None) -> SearchResult:
+    """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
+
+    ``model`` is a zoo name, ``module:callable`` or an nn.Module (used as trained); data is
+    ``data`` (a name) or ``train_data``/``val_data`` (torch Datasets or DataLoaders). No global
+    state is kept: calling it twice in one process is safe.
+    """
+    from autocompress.search.problem import OBJECTIVES
+
+    if isinstance(constraints, dict):
+        constraints = Constraints(**constraints)
+    constraints = constraints or Constraints()
+    if objectives is None:
+        objectives = {"energy_reduction": "max", "accuracy": "max"}
+    elif not isinstance(objectives, dict):
+        unknown = [o for o in objectives if o not in OBJECTIVES]
+        if unknown:
+            raise UserError(f"unknown objective {unknown[0]!r}; valid: {', '.join(OBJECTIVES)}")
+        objectives = {o: OBJECTIVES[o] for o in objectives}
+    if metric not in ("top1", "top5", "macro_f1"):
+        raise UserError(f"unknown metric {metric!r}; valid: top1, top5, macro_f1")
+    search_ = SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objectives,
+                             constraints=constraints)
+    run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, ray_address=ray_address)
+    recovery = recovery or Recovery()
+    if resume is not None:
+        rundir = RunDirectory(resume)
+        if not (rundir.path / "settings.json").is_file():
+            raise UserError(f"{resume} is not a run directory (no settings.json)")
+    prep = prepared or prepare(model, data, target, weights=weights, train_data=train_data, val_data=val_data,
+                               num_classes=num_classes, input_shape=input_shape, val_samples=val_samples,
+                               normalize=normalize, log=log)
+    bound = prep.space(space)
+    for note in bound.notes:
+        log(f"note: {note}")
+    evaluator = prep.evaluator(recovery, metric, seed)
+    problem = Problem(bound, evaluator, objectives, constraints)
+    fingerprint = _fingerprint(prep, bound, search_, recovery, metric)
+    if resume is not None:
+        old = rundir.settings
+        if old.get("fingerprint") != fingerprint:
+            raise UserError(f"{resume} belongs to another search ({old.get('inputs', {}).get('model')} on "
+                            f"{old.get('inputs', {}).get('target')}, other settings); start a new run with --out")
+        done = len(rundir.trials())
+        log(f"Resuming {rundir.path}: {done} trial(s) already done, {max(0, trials - done)} to go.")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        model_name = str(prep.inputs["model"]).split(":")[-1].split(" ")[0]
+        rundir = RunDirectory(out or Path("runs") / f"{model_name}-{prep.profile.name}-{stamp}")
+        if (rundir.path / "trials.jsonl").exists():
+            raise UserError(f"{rundir.path} already holds a search; resume it with --resume or choose another --out")
+        baseline = evaluator.baseline_metrics().to_dict()
+        settings = {"fingerprint": fingerprint, "inputs": prep.inputs, "space": bound.space.model_dump(),
+                    "space_params": [p.name for p in bound.params], "recovery": asdict(recovery),
+                    "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_)}
+        rundir.create(settings, baseline)
+    records = run_search(problem, search_, run_, rundir, on_trial=on_trial)
+    frame, pareto, hv = rundir.write_tables(records, objectives, _ref(problem, rundir))
+    return SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
+
+
+def _ref(problem, rundir):
+    from autocompress.search import reference_point
+    return reference_point(problem, rundir.baseline)
+
+
+def compress(model: nn.Module, config: CompressionConfig | str | Path, *, data: DataBundle | None = None,
+             input_shape=None, recovery: Recovery = Recovery(), seed: int = 0) -> nn.Module:
+    """Apply a CompressionConfig (object or file) to ``model``; returns the compressed copy.
+
+    ``data`` (a DataBundle) gives the input shape and the batches for recovery and activation
+    calibration; without it, give ``input_shape`` (weight-only configs need no data)."""
+    if not isinstance(config, CompressionConfig):
+        config = CompressionConfig.load(config)
+    shape = data.input_shape if data is not None else _parse_shape(input_shape)
+    if shape is None:
+        raise UserError("compress() needs data or input_shape to trace the model")
+    table = trace(model, torch.zeros((1, *shape)))
+    return apply(model, table, config, data=data, recovery=recovery, seed=seed)
+
+
+def profile(model: str | nn.Module = "resnet18", target: str | HardwareProfile = "tpu-v1", *,
+            input_shape=None, num_classes: int | None = None, data: str | None = "digits",
+            config: CompressionConfig | None = None, stem: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Per-layer MACs, parameters, latency and energy of ``model`` (uncompressed at the target's
+    reference precision, or compressed by ``config``); returns (layers, totals)."""
+    prep = prepare(model, None if input_shape else data, target, input_shape=input_shape,
+                   num_classes=num_classes, stem=stem, baseline=None, log=lambda s: None)
+    from autocompress.hardware import CostModel
+    from autocompress.config import resolve
+
+    cm = CostModel(prep.table, prep.profile)
+    cfg = config or cm.reference()
+    cost = cm.cost(cfg, detail=True)
+    frame = cost.frame(prep.table.names)
+    frame.insert(1, "kind", [layer.kind for layer in prep.table.layers])
+    r = resolve(prep.table, cfg)
+    totals = {"model": prep.model_desc, "target": prep.profile.name, "input_shape": list(prep.table.input_shape),
+              "macs": int(r.macs.sum()), "params": r.params, "latency_ms": cost.latency_s * 1e3,
+              "energy_mj": cost.energy_j * 1e3, "origin": cost.origin,
+              "precision": "reference ({}-bit weights, {}-bit activations)".format(
+                  prep.profile.reference_precision.weights, prep.profile.reference_precision.activations)
+              if config is None else "as configured"}
+    return frame, totals

@@ -1,0 +1,260 @@
+"""Command line: ``autocompress search | profile | targets``. Thin: parses, calls the API, prints.
+
+Bad input ends in one line on stderr and exit code 2 (3 when a search finds nothing feasible).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autocompress._errors import NothingFeasible, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find the best way to compress a neural network for a given piece of hardware.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _fail(message: str, code: int) -> None:
+    print(" ".join(message.split()), file=sys.stderr)  # one line, whatever the terminal width
+    sys.exit(code)
+
+
+def _mb(x) -> str:
+    return f"{x / 1e6:.2f}"
+
+
+def pareto_table(pareto, baseline: dict, origin: str, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col, just in [("trial", "right"), ("accuracy %", "right"), ("drop pp", "right"), ("size MB", "right"),
+                      (f"energy mJ\n{origin}", "right"), (f"latency ms\n{origin}", "right"),
+                      (f"energy reduction\n{origin}", "right"), ("SQNR dB", "right")]:
+        t.add_column(col, justify=just)
+    t.add_row("base", f"{100 * baseline['accuracy']:.2f}", "0.00", _mb(baseline["size_bytes"]),
+              f"{baseline['energy_mj']:.4f}", f"{baseline['latency_ms']:.4f}", "1.00x", "-", style="dim")
+    for _, r in pareto.iterrows():
+        sq = r["sqnr_db"]
+        t.add_row(str(int(r["trial"])), f"{100 * r['accuracy']:.2f}", f"{r['accuracy_drop']:.2f}",
+                  _mb(r["size_bytes"]), f"{r['energy_mj']:.4f}", f"{r['latency_ms']:.4f}",
+                  f"{r['energy_reduction']:.2f}x", "inf" if sq is None or sq >= 999 else f"{sq:.1f}")
+    return t
+
+
+@app.command()
+def search(
+    model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
+    target: str = typer.Option("tpu-v1", help="hardware profile name or path to a profile YAML"),
+    data: str = typer.Option("digits", help="digits (built in) or imagefolder:PATH"),
+    weights: Optional[Path] = typer.Option(None, help="state dict to load; without it a baseline is trained and cached"),
+    space: Optional[str] = typer.Option(None, help="search space name or YAML path (default: tuned for the model)"),
+    trials: int = typer.Option(24, help="trial budget"),
+    algorithm: str = typer.Option("nsga2", help="nsga2, tpe or random"),
+    seed: int = typer.Option(0),
+    objectives: str = typer.Option("energy_reduction,accuracy", help="comma-separated: energy_reduction, accuracy, size_bytes, latency_ms"),
+    max_acc_drop: float = typer.Option(1.0, help="largest accepted top-1 drop, percentage points"),
+    max_size_mb: Optional[float] = typer.Option(None),
+    max_params: Optional[int] = typer.Option(None),
+    max_macs: Optional[int] = typer.Option(None),
+    max_latency_ms: Optional[float] = typer.Option(None),
+    min_energy_reduction: Optional[float] = typer.Option(None),
+    min_sqnr_db: Optional[float] = typer.Option(None),
+    metric: str = typer.Option("top1", help="top1, top5 or macro_f1"),
+    finetune_steps: int = typer.Option(0, help="fine-tuning steps (with distillation) per candidate"),
+    val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed subset of the validation data"),
+    normalize: str = typer.Option("auto", help="auto (training-set statistics), cifar10 or imagenet"),
+    workers: Optional[int] = typer.Option(None, help="concurrent trials (default: free cores)"),
+    ray_address: Optional[str] = typer.Option(None, help="run the trials on an existing Ray cluster"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<target>-<time>)"),
+    resume: Optional[Path] = typer.Option(None, help="continue a killed search from its run directory"),
+):
+    """Search compressions of a model for a target; print the Pareto set."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import autocompress.api as api
+    from autocompress.compress import Recovery
+    from autocompress.search import Constraints
+
+    if resume is not None:  # the run directory knows what was searched
+        old = _settings_of(resume)
+        inp = old["inputs"]
+        model, target, data = inp["model"], inp["target"], inp["data"] or data
+        weights = Path(inp["weights"]) if inp.get("weights") else None
+        s = old["search"]
+        trials, algorithm, seed = s["trials"], s["algorithm"], s["seed"]
+        objectives = ",".join(s["objectives"])
+        c = s["constraints"]
+        max_acc_drop, max_size_mb, max_params, max_macs = c["max_acc_drop"], c["max_size_mb"], c["max_params"], c["max_macs"]
+        max_latency_ms, min_energy_reduction, min_sqnr_db = c["max_latency_ms"], c["min_energy_reduction"], c["min_sqnr_db"]
+        metric, val_samples, normalize = old["metric"], inp.get("val_samples"), inp.get("normalize", "auto")
+        finetune_steps = old["recovery"]["finetune_steps"]
+        space = str(resume / "space.yaml") if (resume / "space.yaml").exists() else space
+        space = old.get("space_spec", space)
+        if target not in _shipped_targets() and not Path(target).exists():
+            target = old.get("target_spec", target)
+    constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
+                              max_macs=max_macs, max_latency_ms=max_latency_ms,
+                              min_energy_reduction=min_energy_reduction, min_sqnr_db=min_sqnr_db)
+    recovery = Recovery(finetune_steps=finetune_steps)
+    objs = [o.strip() for o in objectives.split(",") if o.strip()]
+    t0 = time.time()
+    console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
+    prep = api.prepare(model, data, target, weights=str(weights) if weights else None,
+                       val_samples=val_samples, normalize=normalize, log=console.print)
+    console.print(f"model: {prep.model_desc}; {len(prep.table)} layers, "
+                  f"{prep.table.total_macs / 1e6:.1f} M MACs, {prep.table.total_params / 1e6:.2f} M parameters")
+    for note in prep.notes:
+        console.print(f"  {note}", style="dim")
+
+    state = {"feasible": 0, "best": None, "failed": 0}
+    progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("feasible {task.fields[feasible]}"), TextColumn("best energy reduction {task.fields[best]}"),
+                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
+    task = progress.add_task("search", total=trials, feasible=0, best="-")
+
+    def on_trial(record, records):
+        ok = [r for r in records if r["status"] == "ok"]
+        best = max((r["metrics"]["energy_reduction"] for r in ok), default=None)
+        progress.update(task, completed=len(records), feasible=len(ok),
+                        best=f"{best:.2f}x" if best is not None else "-")
+
+    try:
+        with progress:
+            done_before = 0
+            if resume is not None:
+                from autocompress.search import RunDirectory
+                done_before = len(RunDirectory(resume).trials())
+                progress.update(task, completed=done_before)
+            result = api.search(model, data=data, target=target, space=space, objectives=objs,
+                                constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
+                                recovery=recovery, metric=metric, workers=workers, ray_address=ray_address,
+                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial)
+    except KeyboardInterrupt:
+        run_dir = resume or _latest_run(out)
+        _fail(f"interrupted; every finished trial is kept. Resume with: "
+              f"autocompress search --resume {run_dir}", 130)
+    _print_result(result, prep.profile.origin, time.time() - t0)
+
+
+def _settings_of(run_dir: Path) -> dict:
+    path = Path(run_dir) / "settings.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
+    return json.loads(path.read_text())
+
+
+def _shipped_targets() -> list[str]:
+    from autocompress.hardware import list_profiles
+    return list_profiles()
+
+
+def _latest_run(out: Optional[Path]) -> str:
+    if out:
+        return str(out)
+    runs = sorted(Path("runs").glob("*"), key=lambda p: p.stat().st_mtime) if Path("runs").is_dir() else []
+    return str(runs[-1]) if runs else "RUN_DIR"
+
+
+def _print_result(result, origin: str, seconds: float) -> None:
+    failed = result.trials[result.trials["status"] == "failed"]
+    screened = sum(1 for r in result.records if r.get("screened"))
+    feasible = int((result.trials["status"] == "ok").sum())
+    console.print(f"\n{len(result.trials)} trials in {seconds:.0f} s: {feasible} feasible, "
+                  f"{len(result.trials) - feasible - len(failed)} infeasible ({screened} rejected before "
+                  f"evaluating accuracy), {len(failed)} failed")
+    if len(failed):
+        reasons = failed["error"].fillna("unknown").str.slice(0, 100).value_counts()
+        for reason, n in reasons.items():
+            console.print(f"  failed x{n}: {reason}", style="yellow")
+    if result.pareto.empty:
+        console.print(f"run directory: {result.run_dir}")
+        raise NothingFeasible("no candidate met the constraints; every trial is recorded in "
+                              f"{result.run_dir}/trials.csv (loosen a constraint or raise --trials)")
+    console.print(pareto_table(result.pareto, result.baseline, origin,
+                               f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})"))
+    console.print(f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
+                  f"data; drop is against the uncompressed float model.")
+    console.print(f"run directory: {result.run_dir}")
+
+
+@app.command()
+def targets():
+    """List the shipped hardware profiles with their key figures."""
+    from autocompress.hardware import list_profiles, load_profile
+
+    t = Table(title="hardware profiles (hw_profiles/)", title_justify="left")
+    for col in ("name", "category", "fabric", "peak TOPS", "clock MHz", "reference", "weight memory", "power W"):
+        t.add_column(col)
+    for name in list_profiles():
+        p = load_profile(name)
+        fab = f"{p.fabric.rows}x{p.fabric.cols} systolic" if p.fabric.kind == "systolic_array" else p.fabric.kind
+        wmem = next(m for m in p.memory if "weights" in m.holds)
+        ref = p.reference_precision
+        t.add_row(p.name, p.category, fab, f"{p.peak_tops:.1f}", f"{p.clock_hz / 1e6:.0f}",
+                  f"w{ref.weights}/a{ref.activations}", f"{wmem.bandwidth_bytes_per_s / 1e9:.0f} GB/s",
+                  f"{p.power.idle_w:g}-{p.power.busy_w:g}")
+    console.print(t)
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
+    target: str = typer.Option("tpu-v1", help="hardware profile name or YAML path"),
+    input_shape: Optional[str] = typer.Option(None, help="e.g. 3x224x224 (default: the data's shape)"),
+    num_classes: Optional[int] = typer.Option(None, help="classifier outputs (default: the data's, or 1000 with --input-shape)"),
+    data: str = typer.Option("digits", help="data set that sets the input shape when --input-shape is not given"),
+    stem: Optional[str] = typer.Option(None, help="imagenet or cifar (default: cifar for inputs <= 64 px)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+):
+    """Per-layer MACs, parameters, latency and energy of the uncompressed model on a target."""
+    import autocompress.api as api
+
+    frame, totals = api.profile(model, target, input_shape=input_shape, num_classes=num_classes, data=data, stem=stem)
+    if as_json:
+        rows = json.loads(frame.to_json(orient="records"))
+        print(json.dumps({"totals": totals, "layers": rows}, indent=1))
+        return
+    t = Table(title=f"{totals['model']} on {totals['target']}, input {'x'.join(map(str, totals['input_shape']))}, "
+                    f"{totals['precision']}; cost {totals['origin']}", title_justify="left")
+    for col in ("layer", "kind", "MACs", "params", "bits w/a", "latency ms", "energy mJ", "util %", "bound"):
+        t.add_column(col, justify="left" if col in ("layer", "kind", "bound") else "right")
+    for _, r in frame.iterrows():
+        t.add_row(r["layer"], r["kind"], f"{r['macs']:,}", f"{r['params']:,}", f"{r['wbits']}/{r['abits']}",
+                  f"{r['latency_ms']:.4f}", f"{r['energy_mj']:.4f}", f"{100 * r['utilization']:.1f}", r["bound"])
+    t.add_row("total", "", f"{totals['macs']:,}", f"{totals['params']:,}", "", f"{totals['latency_ms']:.4f}",
+              f"{totals['energy_mj']:.4f}", "", "", style="bold")
+    console.print(t)
+    console.print(f"{totals['macs'] / 1e9:.3f} GMACs, {totals['params'] / 1e6:.2f} M parameters "
+                  f"(all parameters of the model); latency and energy {totals['origin']}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        _fail(f"error: {e}", 2)
+    except NothingFeasible as e:
+        _fail(f"nothing feasible: {e}", 3)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

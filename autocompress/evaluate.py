@@ -1,0 +1,140 @@
+"""Evaluator: turns a CompressionConfig into Metrics.
+
+Figures knowable without data (size, MACs, latency, energy) come from the LayerTable and the
+config alone (:meth:`Evaluator.cost_metrics`), so constraints on them are checked before a
+model is built. Accuracy and quantisation error come from building the compressed model for
+real and running it on the validation data (:meth:`Evaluator.evaluate`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from autocompress.compress import Recovery, apply
+from autocompress.compress.recover import predict
+from autocompress.config import FLOAT_BITS, CompressionConfig, resolve
+from autocompress.data import DataBundle
+from autocompress.graph import LayerTable
+from autocompress.hardware import CostModel, HardwareProfile
+
+__all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db"]
+
+SQNR_SAMPLES = 256
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, metric: str = "top1") -> float:
+    if metric == "top1":
+        return float((logits.argmax(1) == labels).float().mean())
+    if metric == "top5":
+        k = min(5, logits.shape[1])
+        return float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean())
+    if metric == "macro_f1":
+        from sklearn.metrics import f1_score
+        return float(f1_score(labels.numpy(), logits.argmax(1).numpy(), average="macro"))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Signal-to-quantisation-noise ratio of ``other`` against ``reference``, in dB."""
+    noise = float(((reference - other) ** 2).sum())
+    signal = float((reference ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+@dataclass
+class Metrics:
+    """What one candidate scores. Cost figures carry their origin (``cost_origin``)."""
+
+    accuracy: float | None = None  # on the validation data, ``metric``
+    accuracy_drop: float | None = None  # percentage points below the uncompressed model
+    size_bytes: int = 0
+    params: int = 0
+    macs: int = 0
+    latency_ms: float = 0.0
+    energy_mj: float = 0.0  # per inference
+    energy_reduction: float = 1.0  # reference energy / this energy
+    sqnr_db: float | None = None  # logits vs the uncompressed model
+    cost_origin: str = ""
+    eval_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["sqnr_db"] is not None and math.isinf(d["sqnr_db"]):
+            d["sqnr_db"] = 999.0  # JSON has no infinity; identical logits
+        return d
+
+
+class Evaluator:
+    """Everything needed to score candidates of one model on one data set and one target."""
+
+    def __init__(self, model: nn.Module, table: LayerTable, data: DataBundle, profile: HardwareProfile,
+                 *, recovery: Recovery = Recovery(), metric: str = "top1", seed: int = 0):
+        self.model = model.eval()
+        self.table, self.data, self.profile = table, data, profile
+        self.recovery, self.metric, self.seed = recovery, metric, seed
+        self.cost_model = CostModel(table, profile)
+        self.reference_config = self.cost_model.reference()
+        self.reference_cost = self.cost_model.cost(self.reference_config)
+        self._baseline_logits: torch.Tensor | None = None
+        self._baseline_accuracy: float | None = None
+
+    # -- the uncompressed model ------------------------------------------------------------------
+    @property
+    def baseline_logits(self) -> torch.Tensor:
+        if self._baseline_logits is None:
+            self._baseline_logits = predict(self.model, self.data.val_x)
+        return self._baseline_logits
+
+    @property
+    def baseline_accuracy(self) -> float:
+        if self._baseline_accuracy is None:
+            self._baseline_accuracy = accuracy(self.baseline_logits, self.data.val_y, self.metric)
+        return self._baseline_accuracy
+
+    def baseline_metrics(self) -> Metrics:
+        """The uncompressed model (float accuracy) at the target's reference precision."""
+        m = self.cost_metrics(self.reference_config)
+        m.accuracy, m.accuracy_drop, m.sqnr_db = self.baseline_accuracy, 0.0, math.inf
+        m.size_bytes = resolve(self.table, CompressionConfig()).size_bytes  # fp32 weights
+        return m
+
+    # -- candidates -------------------------------------------------------------------------------
+    def complete(self, config: CompressionConfig) -> CompressionConfig:
+        """Give layers without bits the target's reference precision when the target has no
+        float arithmetic (TPU v1 runs everything in int8), so accuracy is measured on what the
+        hardware would run."""
+        if any(p.weights >= FLOAT_BITS for p in self.profile.precisions):
+            return config
+        ref = self.profile.reference_precision
+        return config.with_default_bits(self.table, ref.weights, ref.activations)
+
+    def cost_metrics(self, config: CompressionConfig) -> Metrics:
+        """Size, MACs, latency and energy from the LayerTable and the config alone."""
+        r = resolve(self.table, config)
+        cost = self.cost_model.cost(r)
+        return Metrics(size_bytes=r.size_bytes, params=r.params, macs=int(r.macs.sum()),
+                       latency_ms=cost.latency_s * 1e3, energy_mj=cost.energy_j * 1e3,
+                       energy_reduction=self.reference_cost.energy_j / cost.energy_j,
+                       cost_origin=cost.origin)
+
+    def build(self, config: CompressionConfig) -> nn.Module:
+        return apply(self.model, self.table, config, data=self.data, recovery=self.recovery, seed=self.seed)
+
+    def evaluate(self, config: CompressionConfig, metrics: Metrics | None = None) -> Metrics:
+        """Build the compressed model and measure accuracy and quantisation error."""
+        t0 = time.perf_counter()
+        m = metrics or self.cost_metrics(config)
+        torch.manual_seed(self.seed)
+        compressed = self.build(config)
+        logits = predict(compressed, self.data.val_x)
+        m.accuracy = accuracy(logits, self.data.val_y, self.metric)
+        m.accuracy_drop = 100.0 * (self.baseline_accuracy - m.accuracy)
+        n = min(SQNR_SAMPLES, len(logits))
+        m.sqnr_db = sqnr_db(self.baseline_logits[:n], logits[:n])
+        m.eval_seconds = time.perf_counter() - t0
+        return m

@@ -1,0 +1,98 @@
+"""Samplers: propose parameter assignments, learn from results (ask and tell).
+
+One small interface (:class:`Sampler`); one implementation per library. Samplers work on the
+flat :class:`~autocompress.space.Param` list of a bound space and know nothing of models.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from autocompress._errors import unknown_name
+from autocompress.space import Param
+
+
+class Sampler(abc.ABC):
+    """Ask for a parameter assignment; tell it what that assignment scored."""
+
+    def __init__(self, params: list[Param], directions: list[str], seed: int):
+        self.params, self.directions, self.seed = params, directions, seed
+
+    @abc.abstractmethod
+    def ask(self) -> tuple[Any, dict[str, float]]:
+        """Returns a handle for :meth:`tell` and the proposed values."""
+
+    @abc.abstractmethod
+    def tell(self, handle: Any, values: list[float] | None, constraints: list[float] | None) -> None:
+        """``values`` None means the trial failed. Constraints: feasible when all <= 0."""
+
+    @abc.abstractmethod
+    def replay(self, values_in: dict[str, float], values: list[float] | None,
+               constraints: list[float] | None) -> None:
+        """Learn from a trial finished in an earlier run (resume)."""
+
+
+class OptunaSampler(Sampler):
+    """Optuna's NSGA-II (default), TPE or random sampling through ask-and-tell."""
+
+    def __init__(self, params: list[Param], directions: list[str], seed: int, algorithm: str = "nsga2",
+                 population_size: int | None = None):
+        super().__init__(params, directions, seed)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if algorithm == "nsga2":
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size or 16)
+        elif algorithm == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=seed)
+        self.study = optuna.create_study(directions=[("maximize" if d == "max" else "minimize") for d in directions],
+                                         sampler=sampler)
+        self.distributions = {p.name: self._distribution(p) for p in params}
+
+    @staticmethod
+    def _distribution(p: Param):
+        from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+        if p.categorical:
+            return CategoricalDistribution(list(p.choices))
+        return FloatDistribution(p.low, p.high, step=p.step)
+
+    def ask(self):
+        trial = self.study.ask(self.distributions)
+        return trial, dict(trial.params)
+
+    def tell(self, handle, values, constraints):
+        import optuna
+
+        if values is None:
+            self.study.tell(handle, state=optuna.trial.TrialState.FAIL)
+            return
+        for i, c in enumerate(constraints or []):
+            handle.set_constraint(f"c{i}", float(c))
+        self.study.tell(handle, values)
+
+    def replay(self, values_in, values, constraints):
+        import optuna
+
+        params = {k: v for k, v in values_in.items() if k in self.distributions}
+        if values is None:
+            self.study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL, params=params,
+                distributions={k: self.distributions[k] for k in params}))
+            return
+        self.study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: self.distributions[k] for k in params}, values=values,
+            constraints={f"c{i}": float(c) for i, c in enumerate(constraints or [])}))
+
+
+ALGORITHMS = {"nsga2": OptunaSampler, "tpe": OptunaSampler, "random": OptunaSampler}
+
+
+def make_sampler(algorithm: str, params: list[Param], directions: list[str], seed: int,
+                 budget: int) -> Sampler:
+    if algorithm not in ALGORITHMS:
+        raise unknown_name("algorithm", algorithm, list(ALGORITHMS))
+    population = max(8, min(32, budget // 3))
+    return ALGORITHMS[algorithm](params, directions, seed, algorithm=algorithm, population_size=population)

@@ -1,0 +1,108 @@
+"""Runs trials under Ray Tune: a local Ray by default, a cluster with ``ray_address``.
+
+Our Sampler proposes through a Ray Tune ``Searcher``; each trial evaluates one candidate in a
+Ray worker and returns its record; the driver records it (fsynced) the moment it ends.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Callable
+
+from autocompress.search._sampler import Sampler
+from autocompress.search.problem import Problem
+
+# Ray Tune's own trial tables and banners: the CLI shows its own progress instead
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
+
+
+def _trial(tune_config: dict, problem: Problem | None = None) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    record = problem.evaluate(tune_config["index"], tune_config["values"])
+    return {"payload": json.dumps(record, default=str)}
+
+
+try:
+    from ray.tune.search import Searcher as _RaySearcher
+except ImportError:  # pragma: no cover - ray is a dependency
+    _RaySearcher = object
+
+
+class SamplerSearcher(_RaySearcher):
+    """A Ray Tune Searcher that asks our Sampler and tells it each result."""
+
+    def __init__(self, sampler: Sampler, problem: Problem, first_index: int, on_record: Callable[[dict], None]):
+        super().__init__()
+        self.sampler, self.problem, self.on_record = sampler, problem, on_record
+        self.pending: dict[str, tuple] = {}
+        self.next_index = first_index
+
+    def suggest(self, trial_id):
+        handle, values = self.sampler.ask()
+        index = self.next_index
+        self.next_index += 1
+        self.pending[trial_id] = (handle, index, values)
+        return {"index": index, "values": values}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        handle, index, values = self.pending.pop(trial_id)
+        if result and "payload" in result:
+            record = json.loads(result["payload"])
+        else:  # the worker itself died (out of memory, a lost node)
+            record = {"trial": index, "params": values, "status": "failed",
+                      "error": "the Ray worker running this trial died"}
+        self.sampler.tell(handle, self.problem.objective_values(record), self.problem.constraint_values(record))
+        self.on_record(record)
+
+    # Ray pickles the searcher into its own experiment state; our resume reads trials.jsonl
+    # instead, so the live sampler (which holds locks) stays out of that copy.
+    def __getstate__(self):
+        return {"pending": {}, "next_index": self.next_index}
+
+    def save(self, checkpoint_path):
+        pass
+
+    def restore(self, checkpoint_path):
+        pass
+
+
+def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: int, workers: int,
+               cpus_per_trial: float, gpus_per_trial: float = 0, ray_address: str | None = None,
+               on_record: Callable[[dict], None]) -> None:
+    """Run ``budget`` more trials; ``on_record`` is called in this process as each one ends."""
+    import ray
+    from ray import tune
+
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                      configure_logging=True)
+        if ray_address:
+            ray.init(address=ray_address, **kwargs)
+        else:
+            ray.init(num_cpus=max(1, int(round(workers * cpus_per_trial))), **kwargs)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(_trial, problem=problem),
+                                        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        searcher = SamplerSearcher(sampler, problem, first_index, on_record)
+        storage = tempfile.mkdtemp(prefix="autocompress-tune-")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget,
+                                        max_concurrent_trials=workers),
+            run_config=tune.RunConfig(name="trials", storage_path=storage, verbose=0,
+                                      log_to_file=True),
+        )
+        tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,131 @@
+"""The search problem: a bound space, an evaluator, objectives and constraints.
+
+Like a pymoo Problem, it evaluates one assignment of the space's parameters; unlike one, it
+checks the constraints knowable without data first, so a candidate that breaks them is
+recorded as infeasible without its accuracy ever being computed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+from autocompress._errors import UserError
+from autocompress.evaluate import Evaluator, Metrics
+from autocompress.space import BoundSpace
+
+__all__ = ["Constraints", "Problem", "OBJECTIVES"]
+
+#: objective -> direction
+OBJECTIVES = {"energy_reduction": "max", "accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
+
+
+@dataclass
+class Constraints:
+    """Feasibility limits. None switches a limit off."""
+
+    max_acc_drop: float | None = 1.0  # percentage points
+    max_size_mb: float | None = None
+    max_params: int | None = None
+    max_macs: int | None = None
+    max_latency_ms: float | None = None
+    min_energy_reduction: float | None = None
+    min_sqnr_db: float | None = None
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise UserError(f"--{name.replace('_', '-')} must be a number, not {value!r}")
+            if name != "min_sqnr_db" and value < 0:
+                raise UserError(f"--{name.replace('_', '-')} {value} is negative: no candidate could meet it")
+        if self.min_energy_reduction is not None and self.min_energy_reduction <= 0:
+            raise UserError("--min-energy-reduction must be above 0 (1 means no reduction)")
+
+    @property
+    def active(self) -> list[str]:
+        return [k for k, v in asdict(self).items() if v is not None]
+
+    # violation amounts: > 0 means broken, scaled so that 1 is "twice the limit"-ish
+    def _violation(self, name: str, m: Metrics) -> float | None:
+        limit = getattr(self, name)
+        if name == "max_acc_drop":
+            return None if m.accuracy_drop is None else m.accuracy_drop - limit
+        if name == "max_size_mb":
+            return m.size_bytes / 1e6 - limit
+        if name == "max_params":
+            return (m.params - limit) / max(limit, 1)
+        if name == "max_macs":
+            return (m.macs - limit) / max(limit, 1)
+        if name == "max_latency_ms":
+            return m.latency_ms - limit
+        if name == "min_energy_reduction":
+            return limit - m.energy_reduction
+        if name == "min_sqnr_db":
+            return None if m.sqnr_db is None else limit - min(m.sqnr_db, 999.0)
+        raise KeyError(name)
+
+    def violations(self, m: Metrics) -> dict[str, float | None]:
+        """Per active constraint: amount of violation (> 0 broken), None if not yet known."""
+        return {k: self._violation(k, m) for k in self.active}
+
+    DATA_FREE = ("max_size_mb", "max_params", "max_macs", "max_latency_ms", "min_energy_reduction")
+
+
+@dataclass
+class Problem:
+    space: BoundSpace
+    evaluator: Evaluator
+    objectives: dict[str, str] = field(default_factory=lambda: {"energy_reduction": "max", "accuracy": "max"})
+    constraints: Constraints = field(default_factory=Constraints)
+
+    def __post_init__(self):
+        for k in self.objectives:
+            if k not in OBJECTIVES:
+                raise UserError(f"unknown objective {k!r}; valid: {', '.join(OBJECTIVES)}")
+
+    def evaluate(self, index: int, values: dict[str, float]) -> dict:
+        """One trial, as the record the run directory keeps. Never raises: a failure is a record."""
+        t0 = time.perf_counter()
+        record = {"trial": index, "params": values, "status": "failed", "threads": _threads()}
+        try:
+            config = self.evaluator.complete(self.space.config(values, meta={"trial": index}))
+            record["config"] = config.to_dict()
+            metrics = self.evaluator.cost_metrics(config)
+            violations = self.constraints.violations(metrics)
+            if any(violations[k] is not None and violations[k] > 0 for k in self.constraints.DATA_FREE
+                   if k in violations):
+                record["status"] = "infeasible"
+                record["screened"] = True  # no accuracy computed
+            else:
+                metrics = self.evaluator.evaluate(config, metrics)
+                violations = self.constraints.violations(metrics)
+                record["status"] = "ok" if all(v is None or v <= 0 for v in violations.values()) else "infeasible"
+            record["metrics"] = metrics.to_dict()
+            record["violations"] = violations
+        except Exception as e:  # noqa: BLE001 - a failing candidate must not stop the search
+            record["error"] = f"{type(e).__name__}: {e}"
+            record["traceback"] = traceback.format_exc(limit=6)
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        return record
+
+    # what samplers are told
+    def objective_values(self, record: dict) -> list[float] | None:
+        if record["status"] == "failed":
+            return None
+        m = record["metrics"]
+        worst = {"max": -1e9, "min": 1e18}
+        return [float(m[k]) if m.get(k) is not None else worst[d] for k, d in self.objectives.items()]
+
+    def constraint_values(self, record: dict) -> list[float]:
+        v = record.get("violations") or {}
+        # unknown (not computed because screened out): count as broken
+        return [float(v[k]) if v.get(k) is not None else 1.0 for k in self.constraints.active]
+
+
+def _threads() -> int:
+    import torch
+    return torch.get_num_threads() if "OMP_NUM_THREADS" not in os.environ else int(os.environ["OMP_NUM_THREADS"])

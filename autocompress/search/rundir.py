@@ -1,0 +1,93 @@
+"""The run directory: everything a search produces, written so that a kill loses nothing.
+
+settings.json   the resolved settings (what was searched, how it was run)
+baseline.json   the uncompressed model's metrics and the reference point
+trials.jsonl    one finished trial per line, appended and fsynced as each one ends
+trials.csv      the same as a table, rewritten atomically
+pareto.csv/json the Pareto set of feasible trials and its hypervolume, after every trial
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from autocompress.search.pareto import hypervolume, pareto_mask, to_minimisation
+from autocompress.utils import atomic_write_json, atomic_write_text
+
+METRIC_COLUMNS = ["accuracy", "accuracy_drop", "size_bytes", "params", "macs", "latency_ms",
+                  "energy_mj", "energy_reduction", "sqnr_db", "cost_origin"]
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def create(self, settings: dict, baseline: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "settings.json", settings)
+        atomic_write_json(self.path / "baseline.json", baseline)
+
+    @property
+    def settings(self) -> dict:
+        return json.loads((self.path / "settings.json").read_text())
+
+    @property
+    def baseline(self) -> dict:
+        return json.loads((self.path / "baseline.json").read_text())
+
+    def trials(self) -> list[dict]:
+        """Every trial recorded; a half-written last line (a kill mid-write) is skipped."""
+        path = self.path / "trials.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def append(self, record: dict) -> None:
+        with open(self.path / "trials.jsonl", "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_tables(self, records: list[dict], objectives: dict[str, str], reference_point: dict[str, float]):
+        frame = trials_frame(records)
+        atomic_write_text(self.path / "trials.csv", frame.to_csv(index=False))
+        pareto, hv = pareto_of(frame, objectives, reference_point)
+        atomic_write_text(self.path / "pareto.csv", pareto.to_csv(index=False))
+        atomic_write_json(self.path / "pareto.json", {
+            "objectives": objectives, "reference_point": reference_point, "hypervolume": hv,
+            "candidates": json.loads(pareto.to_json(orient="records")),
+            "configs": {int(r["trial"]): r["config"] for r in records
+                        if r.get("config") and int(r["trial"]) in set(pareto["trial"])},
+        })
+        return frame, pareto, hv
+
+
+def trials_frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {"trial": r["trial"], "status": r["status"], "seconds": r.get("seconds")}
+        row.update({k: (r.get("metrics") or {}).get(k) for k in METRIC_COLUMNS})
+        row["error"] = r.get("error")
+        rows.append(row)
+    cols = ["trial", "status", *METRIC_COLUMNS, "seconds", "error"]
+    return pd.DataFrame(rows, columns=cols).sort_values("trial", kind="stable").reset_index(drop=True)
+
+
+def pareto_of(frame: pd.DataFrame, objectives: dict[str, str], reference_point: dict[str, float]):
+    feasible = frame[frame["status"] == "ok"].reset_index(drop=True)
+    if feasible.empty:
+        return feasible, 0.0
+    F = to_minimisation(feasible, objectives)
+    mask = pareto_mask(F)
+    ref = to_minimisation(pd.DataFrame([reference_point]), objectives)[0]
+    pareto = feasible[mask].sort_values(list(objectives)[0], ascending=False, kind="stable")
+    return pareto.reset_index(drop=True), hypervolume(F[mask], ref)

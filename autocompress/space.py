@@ -1,0 +1,239 @@
+"""SearchSpace: which knobs the search turns, over which layers, with which values.
+
+A space is a YAML file (search_spaces/*.yaml or a path) with rules::
+
+    name: default
+    exclude: [last]                 # glob patterns of layer names; 'first' / 'last' = the first
+                                    # and last layer the forward pass runs (stem, classifier)
+    knobs:
+      - knob: prune                 # prune | wbits | abits
+        per: group                  # group (channel group) | layer | all (one value for all matched)
+        layers: ["layer*"]          # glob patterns (default: every layer)
+        exclude: [first]            # more exclusions for this rule
+        choices: [0.0, 0.25, 0.5]   # or range: [0.0, 0.6] with step: 0.05
+
+Laid over a model's LayerTable the space becomes a flat list of :class:`Param` (what samplers
+see) and :meth:`BoundSpace.config` turns one assignment of them into a CompressionConfig.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autocompress._errors import UserError, unknown_name
+from autocompress.config import SUPPORTED_BITS, CompressionConfig, LayerConfig
+from autocompress.graph import LayerTable
+
+__all__ = ["SearchSpace", "BoundSpace", "Param", "load_space", "list_spaces"]
+
+
+class KnobRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    knob: Literal["prune", "wbits", "abits"]
+    per: Literal["group", "layer", "all"] = "layer"
+    layers: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    choices: list[float] | None = None
+    range: tuple[float, float] | None = None
+    step: float | None = Field(None, gt=0)
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _values(self):
+        if (self.choices is None) == (self.range is None):
+            raise ValueError("give exactly one of 'choices' or 'range'")
+        if self.choices is not None and not self.choices:
+            raise ValueError("'choices' is empty")
+        if self.knob == "prune":
+            vals = self.choices if self.choices is not None else list(self.range)
+            if any(not 0 <= v < 1 for v in vals):
+                raise ValueError("pruning ratios must be in [0, 1)")
+        else:
+            if self.range is not None:
+                raise ValueError(f"{self.knob} takes 'choices' (bit-widths), not a range")
+            bad = [v for v in self.choices if v not in SUPPORTED_BITS]
+            if bad:
+                raise ValueError(f"unsupported bit-width {bad[0]:g}; valid: {list(SUPPORTED_BITS)}")
+        if self.range is not None and self.range[0] >= self.range[1]:
+            raise ValueError(f"range {list(self.range)} is empty (low must be below high)")
+        if self.per == "group" and self.knob != "prune":
+            raise ValueError("per: group applies to the prune knob only")
+        if self.knob == "prune" and self.per == "layer":
+            raise ValueError("prune is chosen per channel group (per: group) or for all layers "
+                             "(per: all): layers that share channels must share their ratio")
+        return self
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    exclude: list[str] = Field(default_factory=list)
+    knobs: list[KnobRule] = Field(min_length=1)
+
+    def bind(self, table: LayerTable) -> "BoundSpace":
+        return BoundSpace.build(self, table)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of the search: a name, and either choices or a (low, high, step) range."""
+
+    name: str
+    knob: str
+    layers: tuple[str, ...]
+    choices: tuple[float, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+
+    @property
+    def categorical(self) -> bool:
+        return self.choices is not None
+
+
+def _match(name: str, patterns: list[str], table: LayerTable) -> bool:
+    for p in patterns:
+        if p == "first" and name == table.names[0] or p == "last" and name == table.names[-1]:
+            return True
+        if fnmatch.fnmatchcase(name, p):
+            return True
+    return False
+
+
+@dataclass
+class BoundSpace:
+    """A SearchSpace laid over one model's LayerTable."""
+
+    space: SearchSpace
+    table: LayerTable
+    params: list[Param]
+    notes: list[str] = field(default_factory=list)
+    channel_multiple: int = 1
+
+    @classmethod
+    def build(cls, space: SearchSpace, table: LayerTable) -> "BoundSpace":
+        params: dict[str, Param] = {}
+        for i, rule in enumerate(space.knobs):
+            excluded = space.exclude + rule.exclude
+            layers = [n for n in table.names
+                      if _match(n, rule.layers, table) and not _match(n, excluded, table)]
+            if rule.knob == "prune":  # a group is searched only if none of its producers is excluded
+                layers = [n for n in layers if table[n].out_group is not None and not any(
+                    _match(p, excluded, table) for p in table.groups[table[n].out_group].producers)]
+            if not layers:
+                continue
+            values = dict(choices=tuple(rule.choices)) if rule.choices is not None else \
+                dict(low=rule.range[0], high=rule.range[1], step=rule.step)
+            if rule.per == "all":
+                label = rule.name or f"rule{i}"
+                units = [(f"{rule.knob}:{label}", tuple(layers))]
+            elif rule.per == "group":
+                units = []
+                for g in dict.fromkeys(table[n].out_group for n in layers):
+                    units.append((f"prune:{g}", (g,)))
+            else:
+                units = [(f"{rule.knob}:{n}", (n,)) for n in layers]
+            for pname, members in units:  # a later rule overrides an earlier one for a layer
+                for old in [k for k, p in params.items() if p.knob == rule.knob and set(p.layers) & set(members)]:
+                    rest = tuple(x for x in params[old].layers if x not in members)
+                    params[old] = Param(old, rule.knob, rest, params[old].choices, params[old].low,
+                                        params[old].high, params[old].step)
+                params[pname] = Param(pname, rule.knob, members, **values)
+        kept = [p for p in params.values() if p.layers]
+        if not kept:
+            raise UserError(f"search space {space.name!r} touches no layer of this model "
+                            f"(layers: {', '.join(table.names[:6])}...); check its layer patterns")
+        return cls(space, table, kept)
+
+    def restrict_to(self, profile) -> "BoundSpace":
+        """Drop bit-width choices the target cannot profit from, with a note for each knob."""
+        if profile is None:
+            return self
+        min_w = min(p.weights for p in profile.precisions)
+        min_a = min(p.activations for p in profile.precisions)
+        out, notes = [], []
+        for p in self.params:
+            floor = min_a if p.knob == "abits" else min_w if (p.knob == "wbits" and not profile.packed_weight_storage) else None
+            if floor is None or not p.categorical:
+                out.append(p)
+                continue
+            choices = tuple(sorted({max(c, floor) for c in p.choices}))
+            if choices != tuple(sorted(set(p.choices))):
+                what = "activation" if p.knob == "abits" else "weight"
+                notes.append(f"{p.knob} below {floor} dropped: {profile.name} computes {what}s at "
+                             f"{floor} bits or more and gains nothing from fewer")
+            out.append(Param(p.name, p.knob, p.layers, choices))
+        return BoundSpace(self.space, self.table, out, self.notes + sorted(set(notes)),
+                          self.channel_multiple)
+
+    @property
+    def searchable(self) -> list[Param]:
+        """Params with more than one value (the ones a sampler must choose)."""
+        return [p for p in self.params if not (p.categorical and len(p.choices) == 1)]
+
+    def config(self, values: dict[str, float], *, meta: dict | None = None) -> CompressionConfig:
+        """The CompressionConfig for one assignment; missing params take their first value."""
+        layers: dict[str, dict] = {}
+        for p in self.params:
+            v = values.get(p.name, p.choices[0] if p.categorical else p.low)
+            targets = p.layers
+            if p.knob == "prune":  # a group param names its lead layer; record the ratio there
+                targets = tuple(self.table.groups[g].name if g in self.table.groups else g for g in p.layers)
+                v = float(v)
+            else:
+                v = int(v)
+            for layer in targets:
+                layers.setdefault(layer, {})[p.knob] = v
+        return CompressionConfig(layers={k: LayerConfig(**v) for k, v in layers.items()},
+                                 channel_multiple=self.channel_multiple, meta=meta or {})
+
+
+def _shipped() -> dict[str, Path]:
+    root = resources.files("autocompress.search_spaces")
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
+
+
+def list_spaces() -> list[str]:
+    return sorted(_shipped())
+
+
+def default_space_for(model_spec: str) -> str:
+    shipped = _shipped()
+    for prefix, space in (("resnet", "resnet"), ("mobilenet_v2", "mobilenet_v2")):
+        if model_spec.startswith(prefix) and space in shipped:
+            return space
+    return "default"
+
+
+def load_space(spec: str | Path) -> SearchSpace:
+    spec = str(spec)
+    shipped = _shipped()
+    if spec in shipped:
+        path = shipped[spec]
+    elif spec.endswith((".yaml", ".yml")) or "/" in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"search space file {spec!r} does not exist")
+    else:
+        raise unknown_name("search space", spec, list(shipped))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path.name}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path.name}: expected a mapping with 'name' and 'knobs', got {type(data).__name__}")
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise UserError(f"{path.name}: field {loc!r}: {err['msg']}") from None
