@@ -166,14 +166,16 @@ def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, floa
             raise UserError(f"config names layer {name!r}, which the model does not have{hint}")
         if lc.prune <= 0:
             continue
-        group = table[name].out_group
-        if group is None:
-            raise UserError(f"layer {name!r} cannot be pruned: its outputs are the model's outputs")
-        if group in ratios and ratios[group][0] != lc.prune:
-            other = ratios[group][1]
-            raise UserError(f"layers {other!r} and {name!r} share channels (residual or depthwise "
-                            f"link): give them the same pruning ratio ({ratios[group][0]} vs {lc.prune})")
-        ratios[group] = (lc.prune, name)
+        layer_groups = table[name].out_groups
+        if not layer_groups:
+            raise UserError(f"layer {name!r} cannot be pruned: its outputs are the model's outputs "
+                            "or reach them through a link autocompress cannot follow")
+        for group in layer_groups:
+            if group in ratios and ratios[group][0] != lc.prune:
+                other = ratios[group][1]
+                raise UserError(f"layers {other!r} and {name!r} share channels (residual, concat or "
+                                f"depthwise link): give them the same pruning ratio ({ratios[group][0]} vs {lc.prune})")
+            ratios[group] = (lc.prune, name)
     return {g: r for g, (r, _) in ratios.items()}
 
 
@@ -186,8 +188,8 @@ def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
     wparams, bparams = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
     for i, layer in enumerate(table.layers):
-        o = kept[layer.out_group] if layer.out_group else layer.out_channels
-        c = kept[layer.in_group] * layer.in_per_channel if layer.in_group else layer.in_channels
+        o = sum(kept[g] for g in layer.out_groups) if layer.out_groups else layer.out_channels
+        c = sum(kept[g] for g in layer.in_groups) * layer.in_per_channel if layer.in_groups else layer.in_channels
         g = o if layer.depthwise else layer.groups
         kh, kw = layer.kernel
         cin[i], cout[i], groups[i] = c, o, g

@@ -33,9 +33,14 @@ class Layer:
     macs: int  # per sample
     weight_params: int
     bias_params: int
-    out_group: str | None  # channel group of the outputs (None: not prunable, e.g. the classifier)
-    in_group: str | None  # channel group of the inputs (None: the network input)
+    out_groups: tuple[str, ...]  # channel groups of the outputs, concatenated (empty: not prunable)
+    in_groups: tuple[str, ...]  # channel groups of the inputs (empty: the network input)
     in_per_channel: int = 1  # input features per input channel (a linear layer after a flatten)
+
+    @property
+    def out_group(self) -> str | None:
+        """The single group of the outputs (None when there is none, or a concatenation)."""
+        return self.out_groups[0] if len(self.out_groups) == 1 else None
 
     @property
     def params(self) -> int:
@@ -89,10 +94,6 @@ class LayerTable:
     def total_macs(self) -> int:
         return sum(layer.macs for layer in self.layers)
 
-    def group_of(self, layer_name: str) -> ChannelGroup | None:
-        g = self[layer_name].out_group
-        return self.groups[g] if g else None
-
     def to_frame(self):
         import pandas as pd
 
@@ -110,47 +111,66 @@ class LayerTable:
 
 
 def _channel_groups(model: nn.Module, example: torch.Tensor, names: dict[nn.Module, str],
-                    output_layer: nn.Module) -> tuple[dict[str, ChannelGroup], dict[str, str], dict[str, str], int]:
+                    output_layer: nn.Module):
     """Channel groups from Torch-Pruning's dependency graph.
 
-    Returns the groups, layer -> output group, layer -> input group, and the number of
-    parameters of non-conv/linear modules covered by some group.
+    Returns the groups, layer -> output groups, layer -> input groups (several where channels
+    are concatenated), and the number of parameters of non-conv/linear modules in some group.
     """
     import torch_pruning as tp
 
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     groups: dict[str, ChannelGroup] = {}
-    out_group: dict[str, str] = {}
-    in_group: dict[str, str] = {}
-    covered = 0
+    out_groups: dict[str, list[str]] = {}
+    in_groups: dict[str, list[str]] = {}
+    covered = 0.0
     order = {n: i for i, n in enumerate(names.values())}
-    for g in dg.get_all_groups(ignored_layers=[output_layer], root_module_types=(nn.Conv2d, nn.Linear)):
-        producers, consumers, extras = set(), set(), set()
-        for dep, _ in g:
-            mod = dep.target.module
-            is_out = "out_channels" in str(dep.handler)
-            if mod in names:
-                (producers if is_out else consumers).add(names[mod])
-            elif is_out and any(True for _ in mod.parameters(recurse=False)):
-                extras.add(mod)
-        if not producers:
+    done: set[str] = set()
+    # every layer, in execution order, roots the group of its output channels unless an earlier
+    # layer's group already holds them; built with the same call the pruner uses
+    for mod, name in names.items():
+        if mod is output_layer or name in done or (isinstance(mod, nn.Conv2d) and 1 < mod.groups == mod.in_channels):
             continue
+        fn = tp.prune_conv_out_channels if isinstance(mod, nn.Conv2d) else tp.prune_linear_out_channels
+        g = dg.get_pruning_group(mod, fn, idxs=list(range(_out_channels(mod))))
+        producers, consumers, extra = {}, set(), 0.0
+        for dep, idxs in g:
+            target = dep.target.module
+            is_out = "out_channels" in str(dep.handler)
+            if target in names:
+                if is_out:
+                    producers[names[target]] = len(idxs)
+                else:
+                    consumers.add(names[target])
+            elif is_out:
+                params = list(target.parameters(recurse=False))
+                if params:  # e.g. batch norm: its parameters per channel, for this group's channels
+                    extra += sum(p.numel() for p in params) / params[0].shape[0] * len(idxs)
+        done.update(producers)
+        if not producers or names[output_layer] in producers:
+            continue  # channels that are (or are added to) the model's outputs stay
         lead = min(producers, key=order.__getitem__)
-        channels = _out_channels(next(m for m, n in names.items() if n == lead))
-        extra = sum(p.numel() for m in extras for p in m.parameters(recurse=False))
+        channels = producers[lead]
         covered += extra
-        # a depthwise conv is both producer and consumer of its group
         groups[lead] = ChannelGroup(lead, channels, tuple(sorted(producers, key=order.__getitem__)),
-                                    tuple(sorted(consumers, key=order.__getitem__)), extra // max(channels, 1))
+                                    tuple(sorted(consumers, key=order.__getitem__)), round(extra / channels))
         for p in producers:
-            out_group[p] = lead
+            out_groups.setdefault(p, []).append(lead)
         for c in consumers:
-            in_group[c] = lead
-    return groups, out_group, in_group, covered
+            in_groups.setdefault(c, []).append(lead)
+    return groups, out_groups, in_groups, int(round(covered))
 
 
 def _out_channels(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+
+def _ordered(names: list[str], channels: int, groups: dict[str, ChannelGroup]) -> tuple[str, ...]:
+    """The groups, in order, if their channels add up to the layer's; else none (unprunable)."""
+    names = list(dict.fromkeys(names))
+    if names and sum(groups[g].channels for g in names) == channels:
+        return tuple(names)
+    return ()
 
 
 def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
@@ -185,7 +205,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
     if not order:
         raise UserError("the model has no Conv2d or Linear layer that autocompress can compress")
     exec_names = {m: names[m] for m in order}  # execution order
-    groups, out_group, in_group, covered = _channel_groups(model, example, exec_names, order[-1])
+    groups, out_groups, in_groups, covered = _channel_groups(model, example, exec_names, order[-1])
 
     layers = []
     for mod in order:
@@ -200,16 +220,21 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
             cin, cout, groups_ = mod.in_features, mod.out_features, 1
             macs = math.prod(out_shape[:-1]) * cin * cout
             kind, kernel, stride = "linear", (1, 1), (1, 1)
-        ig = in_group.get(name)
+        og = _ordered(out_groups.get(name, []), cout, groups)
+        ig = _ordered(in_groups.get(name, []), cin, groups)
         if isinstance(mod, nn.Conv2d) and 1 < mod.groups == mod.in_channels:
-            ig = out_group.get(name)  # depthwise: its inputs are its outputs' channels
-        per_ch = cin // groups[ig].channels if ig and kind == "linear" else 1
+            ig = og  # depthwise: its inputs are its outputs' channels
+        per_ch = 1
+        if kind == "linear" and ig:  # a linear layer after a flatten: features per channel
+            per_ch = cin // sum(groups[g].channels for g in ig)
+        if ig and sum(groups[g].channels for g in ig) * per_ch != cin:
+            ig = ()  # a mapping we cannot follow: treat the inputs as fixed
         layers.append(Layer(
             name=name, kind=kind, in_channels=cin, out_channels=cout, kernel=kernel, stride=stride,
             groups=groups_, in_shape=in_shape, out_shape=out_shape, macs=int(macs),
             weight_params=mod.weight.numel(),
             bias_params=mod.bias.numel() if mod.bias is not None else 0,
-            out_group=out_group.get(name), in_group=ig, in_per_channel=per_ch))
+            out_groups=og, in_groups=ig, in_per_channel=per_ch))
     total = sum(p.numel() for p in model.parameters())
     layer_params = sum(layer.params for layer in layers)
     notes = []

@@ -127,8 +127,8 @@ class BoundSpace:
             layers = [n for n in table.names
                       if _match(n, rule.layers, table) and not _match(n, excluded, table)]
             if rule.knob == "prune":  # a group is searched only if none of its producers is excluded
-                layers = [n for n in layers if table[n].out_group is not None and not any(
-                    _match(p, excluded, table) for p in table.groups[table[n].out_group].producers)]
+                layers = [n for n in layers if table[n].out_groups and not any(
+                    _match(p, excluded, table) for g in table[n].out_groups for p in table.groups[g].producers)]
             if not layers:
                 continue
             values = dict(choices=tuple(rule.choices)) if rule.choices is not None else \
@@ -138,7 +138,7 @@ class BoundSpace:
                 units = [(f"{rule.knob}:{label}", tuple(layers))]
             elif rule.per == "group":
                 units = []
-                for g in dict.fromkeys(table[n].out_group for n in layers):
+                for g in dict.fromkeys(g for n in layers for g in table[n].out_groups):
                     units.append((f"prune:{g}", (g,)))
             else:
                 units = [(f"{rule.knob}:{n}", (n,)) for n in layers]

@@ -73,6 +73,25 @@ class SamplerSearcher(_RaySearcher):
         pass
 
 
+def _ship_user_code(model) -> None:
+    """Ray workers may not be able to import a user's model module (a script, a test file):
+    send the classes of such modules by value instead of by reference."""
+    import sys
+
+    from ray import cloudpickle
+
+    for mod in model.modules():
+        name = type(mod).__module__
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", "") or ""
+        if module is None or name.startswith(("torch", "autocompress")) or "site-packages" in path:
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except (ValueError, TypeError):
+            pass
+
+
 def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: int, workers: int,
                cpus_per_trial: float, gpus_per_trial: float = 0, ray_address: str | None = None,
                on_record: Callable[[dict], None]) -> None:
@@ -91,6 +110,7 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         else:
             ray.init(num_cpus=max(1, int(round(workers * cpus_per_trial))), **kwargs)
     try:
+        _ship_user_code(problem.evaluator.model)
         trainable = tune.with_resources(tune.with_parameters(_trial, problem=problem),
                                         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         searcher = SamplerSearcher(sampler, problem, first_index, on_record)
