@@ -9,7 +9,13 @@ class UserError(Exception):
 
 
 class NothingFeasible(Exception):
-    """A search finished but no candidate met the constraints (CLI exit code 3)."""
+    """A search finished but no candidate met the constraints (CLI exit code 3).
+
+    ``result`` holds the SearchResult (every trial) when a search raised it."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
 
 
 def unknown_name(kind: str, name: str, valid: list[str]) -> UserError:

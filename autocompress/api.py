@@ -69,10 +69,12 @@ class Prepared:
         return Evaluator(self.model, self.table, self.data, self.profile, recovery=recovery,
                          metric=metric, seed=seed)
 
-    def space(self, spec: str | None = None) -> BoundSpace:
-        name = spec or default_space_for(self.inputs.get("model", ""))
-        bound = load_space(name).bind(self.table).restrict_to(self.profile)
-        return bound
+    def space(self, spec=None) -> BoundSpace:
+        """Bind a search space (name, path or SearchSpace; default: tuned for the model)."""
+        from autocompress.space import SearchSpace
+
+        space = spec if isinstance(spec, SearchSpace) else load_space(spec or default_space_for(self.inputs.get("model", "")))
+        return space.bind(self.table).restrict_to(self.profile)
 
 
 def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", target: str | HardwareProfile = "tpu-v1", *,
@@ -117,6 +119,8 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", ta
     table = trace(net, torch.zeros((1, *shape)))
     notes += table.notes
     inputs = {"model": spec, "model_desc": desc, "data": bundle.name if bundle else None,
+              "data_spec": data if bundle is not None and train_data is None else None,
+              "target_spec": str(target) if not isinstance(target, HardwareProfile) else profile_.name,
               "data_fingerprint": bundle.fingerprint if bundle else None, "target": profile_.name,
               "weights": str(weights) if weights else None, "input_shape": list(shape),
               "num_classes": classes, "stem": stem, "val_samples": val_samples, "normalize": normalize,
@@ -173,6 +177,22 @@ class SearchResult:
             torch.set_num_threads(threads)
 
 
+def resume_arguments(run_dir: str | Path) -> dict:
+    """The keyword arguments of :func:`search` that a run directory was made with."""
+    path = Path(run_dir) / "settings.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
+    old = json.loads(path.read_text())
+    inp, s = old["inputs"], old["search"]
+    from autocompress.space import SearchSpace
+
+    return dict(model=inp["model"], data=inp.get("data_spec") or inp["data"], target=inp["target_spec"],
+                weights=inp.get("weights"), space=SearchSpace.model_validate(old["space"]),
+                objectives=s["objectives"], constraints=Constraints(**s["constraints"]), trials=s["trials"],
+                algorithm=s["algorithm"], seed=s["seed"], recovery=Recovery(**old["recovery"]),
+                metric=old["metric"], val_samples=inp.get("val_samples"), normalize=inp.get("normalize", "auto"))
+
+
 def _fingerprint(prep: Prepared, space: BoundSpace, search_: SearchSettings, recovery: Recovery, metric: str) -> str:
     blob = json.dumps({"inputs": {k: v for k, v in prep.inputs.items() if k != "weights"},
                        "params": [p.name for p in space.params], "objectives": search_.objectives,
@@ -191,7 +211,7 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            workers: int | None = None, cpus_per_trial: float | None = None, ray_address: str | None = None,
            out: str | Path | None = None, resume: str | Path | None = None,
            log: Callable[[str], None] = print, on_trial: Callable[[dict, list[dict]], None] | None = None,
-           prepared: Prepared | None = None) -> SearchResult:
+           prepared: Prepared | None = None, raise_if_infeasible: bool = True) -> SearchResult:
     """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
 
     ``model`` is a zoo name, ``module:callable`` or an nn.Module (used as trained); data is
@@ -249,7 +269,12 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
         rundir.create(settings, baseline)
     records = run_search(problem, search_, run_, rundir, on_trial=on_trial)
     frame, pareto, hv = rundir.write_tables(records, objectives, _ref(problem, rundir))
-    return SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
+    result = SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
+    if pareto.empty and raise_if_infeasible:
+        raise NothingFeasible(f"no candidate met the constraints; every trial is recorded in "
+                              f"{rundir.path}/trials.csv (loosen a constraint or raise the trial budget)",
+                              result)
+    return result
 
 
 def _ref(problem, rundir):

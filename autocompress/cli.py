@@ -82,22 +82,16 @@ def search(
     from autocompress.search import Constraints
 
     if resume is not None:  # the run directory knows what was searched
-        old = _settings_of(resume)
-        inp = old["inputs"]
-        model, target, data = inp["model"], inp["target"], inp["data"] or data
-        weights = Path(inp["weights"]) if inp.get("weights") else None
-        s = old["search"]
-        trials, algorithm, seed = s["trials"], s["algorithm"], s["seed"]
-        objectives = ",".join(s["objectives"])
-        c = s["constraints"]
-        max_acc_drop, max_size_mb, max_params, max_macs = c["max_acc_drop"], c["max_size_mb"], c["max_params"], c["max_macs"]
-        max_latency_ms, min_energy_reduction, min_sqnr_db = c["max_latency_ms"], c["min_energy_reduction"], c["min_sqnr_db"]
-        metric, val_samples, normalize = old["metric"], inp.get("val_samples"), inp.get("normalize", "auto")
-        finetune_steps = old["recovery"]["finetune_steps"]
-        space = str(resume / "space.yaml") if (resume / "space.yaml").exists() else space
-        space = old.get("space_spec", space)
-        if target not in _shipped_targets() and not Path(target).exists():
-            target = old.get("target_spec", target)
+        args = api.resume_arguments(resume)
+        model, data, target, space = args["model"], args["data"], args["target"], args["space"]
+        weights = Path(args["weights"]) if args["weights"] else None
+        trials, algorithm, seed, metric = args["trials"], args["algorithm"], args["seed"], args["metric"]
+        objectives = ",".join(args["objectives"])
+        c = args["constraints"]
+        max_acc_drop, max_size_mb, max_params, max_macs = c.max_acc_drop, c.max_size_mb, c.max_params, c.max_macs
+        max_latency_ms, min_energy_reduction, min_sqnr_db = c.max_latency_ms, c.min_energy_reduction, c.min_sqnr_db
+        val_samples, normalize = args["val_samples"], args["normalize"]
+        finetune_steps = args["recovery"].finetune_steps
     constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
                               max_macs=max_macs, max_latency_ms=max_latency_ms,
                               min_energy_reduction=min_energy_reduction, min_sqnr_db=min_sqnr_db)
@@ -135,23 +129,14 @@ def search(
                                 constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
                                 recovery=recovery, metric=metric, workers=workers, ray_address=ray_address,
                                 out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial)
+    except NothingFeasible as e:
+        _print_result(e.result, prep.profile.origin, time.time() - t0)
+        raise
     except KeyboardInterrupt:
         run_dir = resume or _latest_run(out)
         _fail(f"interrupted; every finished trial is kept. Resume with: "
               f"autocompress search --resume {run_dir}", 130)
     _print_result(result, prep.profile.origin, time.time() - t0)
-
-
-def _settings_of(run_dir: Path) -> dict:
-    path = Path(run_dir) / "settings.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
-    return json.loads(path.read_text())
-
-
-def _shipped_targets() -> list[str]:
-    from autocompress.hardware import list_profiles
-    return list_profiles()
 
 
 def _latest_run(out: Optional[Path]) -> str:
@@ -174,8 +159,7 @@ def _print_result(result, origin: str, seconds: float) -> None:
             console.print(f"  failed x{n}: {reason}", style="yellow")
     if result.pareto.empty:
         console.print(f"run directory: {result.run_dir}")
-        raise NothingFeasible("no candidate met the constraints; every trial is recorded in "
-                              f"{result.run_dir}/trials.csv (loosen a constraint or raise --trials)")
+        return
     console.print(pareto_table(result.pareto, result.baseline, origin,
                                f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})"))
     console.print(f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "

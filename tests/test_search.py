@@ -1,0 +1,95 @@
+"""Real searches under Ray Tune with a tiny model (tens of seconds each)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import autocompress
+from autocompress import NothingFeasible
+from autocompress.search.pareto import pareto_mask, to_minimisation
+
+
+GENTLE_SPACE = """
+name: gentle
+exclude: [first, last]
+knobs:
+  - {knob: prune, per: group, layers: ["layer3.*", "layer4.*"], choices: [0.0, 0.125]}
+  - {knob: wbits, per: layer, choices: [4, 6, 8]}
+"""
+
+
+@pytest.fixture(scope="module")
+def gentle_space(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "gentle.yaml"
+    path.write_text(GENTLE_SPACE)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory, trained_tiny, digits, gentle_space):
+    return autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                               val_data=_ds(digits.val_x, digits.val_y), target="tpu-v1", trials=6, workers=2,
+                               space=gentle_space, constraints={"max_acc_drop": 3.0},
+                               seed=1, out=tmp_path_factory.mktemp("run") / "r", log=lambda s: None)
+
+
+def _ds(x, y):
+    from torch.utils.data import TensorDataset
+    return TensorDataset(x, y)
+
+
+def test_run_directory_holds_every_trial_and_the_pareto_set(result):
+    d = result.run_dir
+    for f in ("settings.json", "baseline.json", "trials.jsonl", "trials.csv", "pareto.csv", "pareto.json"):
+        assert (d / f).is_file(), f
+    lines = (d / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and sorted(json.loads(x)["trial"] for x in lines) == list(range(6))
+    pareto = json.loads((d / "pareto.json").read_text())
+    assert pareto["reference_point"]["energy_reduction"] == 1.0
+    assert set(pareto["configs"]) == {str(t) for t in result.pareto["trial"]}
+    # every figure is labelled with where it comes from
+    assert set(result.trials["cost_origin"].dropna()) == {"modeled:tpu-v1"}
+
+
+def test_pareto_set_is_exactly_the_non_dominated_feasible_trials(result):
+    feasible = result.trials[result.trials["status"] == "ok"]
+    F = to_minimisation(feasible, {"energy_reduction": "max", "accuracy": "max"})
+    expected = set(feasible["trial"][pareto_mask(F)])
+    assert set(result.pareto["trial"]) == expected
+    # and no feasible trial dominates a Pareto member
+    for _, p in result.pareto.iterrows():
+        better = feasible[(feasible.energy_reduction >= p.energy_reduction) & (feasible.accuracy >= p.accuracy)
+                          & ((feasible.energy_reduction > p.energy_reduction) | (feasible.accuracy > p.accuracy))]
+        assert better.empty
+
+
+def test_a_pareto_row_is_reproduced_exactly_from_its_saved_config(result):
+    row = result.pareto.iloc[0]
+    again = result.reproduce(int(row["trial"]))
+    assert again.size_bytes == row["size_bytes"]
+    assert again.energy_mj == pytest.approx(row["energy_mj"], rel=1e-12)
+    assert again.accuracy == pytest.approx(row["accuracy"], abs=1e-9)
+
+
+def test_candidates_respect_the_accuracy_constraint_and_really_are_smaller(result):
+    ok = result.trials[result.trials["status"] == "ok"]
+    assert len(ok) >= 1 and (ok["accuracy_drop"] <= 3.0 + 1e-9).all()
+    bad = result.trials[result.trials["status"] == "infeasible"]
+    assert (bad["accuracy_drop"] > 3.0).all()
+    assert (result.pareto["size_bytes"] < result.baseline["size_bytes"]).all()
+    best = result.best()
+    assert best["energy_reduction"] == result.pareto["energy_reduction"].max()
+
+
+def test_an_impossible_size_constraint_records_every_trial_and_screens_before_accuracy(
+        tmp_path, trained_tiny, digits, gentle_space):
+    with pytest.raises(NothingFeasible) as info:
+        autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                            val_data=_ds(digits.val_x, digits.val_y), trials=3, workers=2, space=gentle_space,
+                            constraints={"max_size_mb": 0.0001, "max_acc_drop": 1.0},
+                            out=tmp_path / "r", log=lambda s: None)
+    assert len(info.value.result.trials) == 3
+    records = [json.loads(x) for x in (tmp_path / "r" / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    assert all(r["status"] == "infeasible" and r["screened"] and r["metrics"]["accuracy"] is None for r in records)
