@@ -179,25 +179,109 @@ def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, floa
     return {g: r for g, (r, _) in ratios.items()}
 
 
-def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
-    ratios = group_ratios(table, config)
-    kept = {g: (kept_channels(grp.channels, ratios[g], config.channel_multiple) if g in ratios
-                else grp.channels) for g, grp in table.groups.items()}
-    n = len(table.layers)
-    cin, cout, groups, macs = (np.zeros(n, dtype=np.int64) for _ in range(4))
-    wparams, bparams = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
+@dataclass(frozen=True)
+class _Plan:
+    """Per-table arrays that make :func:`resolve` a few vector operations."""
+
+    index: dict[str, int]
+    group_names: list[str]
+    group_channels: np.ndarray
+    group_extra: np.ndarray
+    out_inc: np.ndarray  # layers x groups: 1 where the group's channels are the layer's outputs
+    in_inc: np.ndarray
+    out_fixed: np.ndarray  # channels of layers without groups (else 0)
+    in_fixed: np.ndarray
+    in_per_channel: np.ndarray
+    depthwise: np.ndarray
+    groups: np.ndarray
+    spatial_kernel: np.ndarray  # output positions x kernel area
+    kernel: np.ndarray
+    has_bias: np.ndarray
+
+
+def _plan(table: LayerTable) -> _Plan:
+    plan = table.__dict__.get("_resolve_plan")
+    if plan is not None:
+        return plan
+    gnames = list(table.groups)
+    gidx = {g: i for i, g in enumerate(gnames)}
+    n, k = len(table.layers), len(gnames)
+    out_inc, in_inc = np.zeros((n, k)), np.zeros((n, k))
     for i, layer in enumerate(table.layers):
-        o = sum(kept[g] for g in layer.out_groups) if layer.out_groups else layer.out_channels
-        c = sum(kept[g] for g in layer.in_groups) * layer.in_per_channel if layer.in_groups else layer.in_channels
-        g = o if layer.depthwise else layer.groups
-        kh, kw = layer.kernel
-        cin[i], cout[i], groups[i] = c, o, g
-        macs[i] = layer.spatial * o * (c // g) * kh * kw
-        wparams[i] = o * (c // g) * kh * kw
-        bparams[i] = o if layer.bias_params else 0
-        lc = config.layer(layer.name)
-        wbits[i] = lc.wbits or FLOAT_BITS
-        abits[i] = lc.abits or FLOAT_BITS
-    extra = table.other_params + sum(kept[g] * grp.extra_params_per_channel for g, grp in table.groups.items())
+        for g in layer.out_groups:
+            out_inc[i, gidx[g]] = 1
+        for g in layer.in_groups:
+            in_inc[i, gidx[g]] = 1
+    L = table.layers
+    plan = _Plan(
+        index={layer.name: i for i, layer in enumerate(L)}, group_names=gnames,
+        group_channels=np.array([table.groups[g].channels for g in gnames], dtype=np.float64),
+        group_extra=np.array([table.groups[g].extra_params_per_channel for g in gnames], dtype=np.int64),
+        out_inc=out_inc, in_inc=in_inc,
+        out_fixed=np.array([0 if x.out_groups else x.out_channels for x in L], dtype=np.int64),
+        in_fixed=np.array([0 if x.in_groups else x.in_channels for x in L], dtype=np.int64),
+        in_per_channel=np.array([x.in_per_channel for x in L], dtype=np.int64),
+        depthwise=np.array([x.depthwise for x in L]),
+        groups=np.array([x.groups for x in L], dtype=np.int64),
+        spatial_kernel=np.array([x.spatial * x.kernel[0] * x.kernel[1] for x in L], dtype=np.int64),
+        kernel=np.array([x.kernel[0] * x.kernel[1] for x in L], dtype=np.int64),
+        has_bias=np.array([x.bias_params > 0 for x in L]),
+    )
+    table.__dict__["_resolve_plan"] = plan
+    return plan
+
+
+def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
+    """Compressed shapes, parameters, MACs and bits of every layer, from the table and config."""
+    plan = _plan(table)
+    ratios = group_ratios(table, config)
+    kept_arr = plan.group_channels.copy()
+    for g, r in ratios.items():
+        i = plan.group_names.index(g)
+        kept_arr[i] = kept_channels(int(plan.group_channels[i]), r, config.channel_multiple)
+    kept = dict(zip(plan.group_names, kept_arr.astype(int).tolist()))
+    cout = (plan.out_inc @ kept_arr).astype(np.int64) + plan.out_fixed
+    cin = (plan.in_inc @ kept_arr).astype(np.int64) * plan.in_per_channel + plan.in_fixed
+    groups = np.where(plan.depthwise, cout, plan.groups)
+    per_group_in = cin // groups
+    macs = plan.spatial_kernel * cout * per_group_in
+    wparams = cout * per_group_in * plan.kernel
+    bparams = np.where(plan.has_bias, cout, 0)
+    n = len(plan.index)
+    wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
+    for name, lc in config.layers.items():
+        i = plan.index[name]
+        if lc.wbits:
+            wbits[i] = lc.wbits
+        if lc.abits:
+            abits[i] = lc.abits
+    extra = table.other_params + int((kept_arr.astype(np.int64) * plan.group_extra).sum())
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, kept, extra)
+
+
+def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> ResolvedConfig:
+    """:func:`resolve` for many configs at once: every array gets a leading config axis."""
+    plan = _plan(table)
+    n, k, L = len(configs), len(plan.group_names), len(plan.index)
+    gpos = {g: i for i, g in enumerate(plan.group_names)}
+    kept = np.tile(plan.group_channels, (n, 1))
+    wbits, abits = np.full((n, L), FLOAT_BITS, dtype=np.int64), np.full((n, L), FLOAT_BITS, dtype=np.int64)
+    for row, config in enumerate(configs):
+        for g, r in group_ratios(table, config).items():
+            i = gpos[g]
+            kept[row, i] = kept_channels(int(plan.group_channels[i]), r, config.channel_multiple)
+        for name, lc in config.layers.items():
+            i = plan.index[name]
+            if lc.wbits:
+                wbits[row, i] = lc.wbits
+            if lc.abits:
+                abits[row, i] = lc.abits
+    cout = (kept @ plan.out_inc.T).astype(np.int64) + plan.out_fixed
+    cin = (kept @ plan.in_inc.T).astype(np.int64) * plan.in_per_channel + plan.in_fixed
+    groups = np.where(plan.depthwise, cout, plan.groups)
+    per_group_in = cin // groups
+    macs = plan.spatial_kernel * cout * per_group_in
+    wparams = cout * per_group_in * plan.kernel
+    bparams = np.where(plan.has_bias, cout, 0)
+    extra = table.other_params + (kept.astype(np.int64) * plan.group_extra).sum(axis=1)
+    return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, {}, extra)

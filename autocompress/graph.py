@@ -76,6 +76,7 @@ class LayerTable:
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
+        self._names = [layer.name for layer in self.layers]
 
     def __getitem__(self, name: str) -> Layer:
         return self._by_name[name]
@@ -88,7 +89,7 @@ class LayerTable:
 
     @property
     def names(self) -> list[str]:
-        return [layer.name for layer in self.layers]
+        return self._names
 
     @property
     def total_macs(self) -> int:
@@ -103,6 +104,8 @@ class LayerTable:
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_by_name", None)
+        state.pop("_names", None)
+        state.pop("_resolve_plan", None)  # a cache, rebuilt on first use
         return state
 
     def __setstate__(self, state):

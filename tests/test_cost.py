@@ -82,3 +82,55 @@ def test_a_malformed_profile_names_the_file_and_field(tmp_path):
         load_profile(str(bad))
     with pytest.raises(UserError, match="unknown target 'tpu-v2'. Did you mean 'tpu-v1'"):
         load_profile("tpu-v2")
+
+
+def test_every_shipped_profile_loads_and_costs_resnet18(r18_224):
+    from autocompress.hardware import list_profiles
+
+    names = list_profiles()
+    assert {"tpu-v1", "eyeriss", "bitfusion", "nvidia-t4", "cpu-haswell", "edge-tpu"} <= set(names)
+    for name in names:
+        cm = CostModel(r18_224, load_profile(name))
+        cost = cm.cost(cm.reference())
+        assert cost.latency_s > 0 and cost.energy_j > 0 and cost.origin == f"modeled:{name}"
+
+
+def test_bitfusion_runs_4_bit_operands_at_4x_the_macs_per_cycle_of_8_bit(r18_224):
+    p = load_profile("bitfusion")
+    assert p.native(4, 4).relative_rate == 4 * p.native(8, 8).relative_rate
+    assert p.native(3, 5).relative_rate == 2  # floor(8/3) x floor(8/5): runs as 4x8
+    assert p.native(2, 2).relative_rate == 16
+    cm = CostModel(r18_224, p)
+    c8 = cm.cost(CompressionConfig().with_default_bits(r18_224, 8, 8), detail=True)
+    c4 = cm.cost(CompressionConfig().with_default_bits(r18_224, 4, 4), detail=True)
+    assert c4.layers["cycles"].sum() == pytest.approx(c8.layers["cycles"].sum() / 4)
+    assert c4.energy_j < c8.energy_j / 2
+
+
+def test_edge_tpu_streams_weights_that_do_not_fit_on_chip():
+    model, _ = build_model("resnet18", num_classes=10, input_shape=(3, 32, 32))
+    table = trace(model, torch.zeros(1, 3, 32, 32))
+    cm = CostModel(table, load_profile("edge-tpu"))
+    full = cm.cost(cm.reference())  # 11.2 MB of int8 weights > 8 MiB: streamed over PCIe
+    assert full.latency_s > 11e6 / 500e6
+    small = CompressionConfig(layers={n: {"prune": 0.5} for n in table.names if table[n].out_group
+                                      and n.endswith("conv1") and n.startswith("layer")})
+    fits = cm.cost(small.with_default_bits(table, 8, 8))
+    assert fits.latency_s < full.latency_s / 5  # now they stay in the parameter SRAM
+
+
+def test_cost_many_equals_one_at_a_time(r18_224):
+    import random
+    from autocompress.space import load_space
+
+    space = load_space("resnet").bind(r18_224)
+    rng = random.Random(3)
+    configs = [space.config({p.name: rng.choice(p.choices) for p in space.params}).with_default_bits(r18_224, 8, 8)
+               for _ in range(20)]
+    for name in ("tpu-v1", "edge-tpu", "bitfusion", "nvidia-t4"):
+        cm = CostModel(r18_224, load_profile(name))
+        latency, energy = cm.cost_many(configs)
+        for i, c in enumerate(configs):
+            one = cm.cost(c)
+            assert latency[i] == pytest.approx(one.latency_s, rel=1e-12)
+            assert energy[i] == pytest.approx(one.energy_j, rel=1e-12)

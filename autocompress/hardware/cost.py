@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autocompress.config import FLOAT_BITS, CompressionConfig, ResolvedConfig, resolve
+from autocompress.config import FLOAT_BITS, CompressionConfig, ResolvedConfig, resolve, resolve_many
 from autocompress.graph import LayerTable
 from autocompress.hardware.profile import HardwareProfile
 
@@ -48,7 +48,7 @@ class CostModel:
         p = profile
         self.batch = p.batch_size
         self.spatial = np.array([layer.spatial for layer in table.layers], dtype=np.float64)
-        self.kernel = np.array([layer.kernel[0] * layer.kernel[1] for layer in table.layers], dtype=np.float64)
+        self.kernel = np.array([layer.kernel[0] * layer.kernel[1] for layer in table.layers], dtype=np.int64)
         self.in_elems_per_ch = np.array([np.prod(layer.in_shape) / layer.in_channels for layer in table.layers])
         self.out_elems_per_ch = np.array([np.prod(layer.out_shape) / layer.out_channels for layer in table.layers])
         self.has_float = any(pr.weights >= FLOAT_BITS for pr in p.precisions)
@@ -67,10 +67,28 @@ class CostModel:
                 self._e_mac[w, a] = nat.energy_per_mac_pj or 0.0
                 self._w_native[w, a] = nat.weights
                 self._a_native[w, a] = nat.activations
-        self.weight_level = next(i for i, m in enumerate(p.memory) if "weights" in m.holds)
+        # weights live in the first level that holds them all (on-chip parameter memory), else
+        # in the next one that takes weights (DRAM); chosen per config, by its weight bytes
+        self.weight_levels = [(i, m.size_bytes) for i, m in enumerate(p.memory) if "weights" in m.holds]
         self.act_level = next(i for i, m in enumerate(p.memory) if "activations" in m.holds)
         off = [i for i, m in enumerate(p.memory) if m.off_chip]
-        self.spill_level = off[0] if off else self.weight_level
+        self.spill_level = off[0] if off else self.weight_levels[-1][0]
+        self.act_on_chip = not p.memory[self.act_level].off_chip
+        self.act_size = p.memory[self.act_level].size_bytes
+        self.bandwidth = [m.bandwidth_bytes_per_s for m in p.memory]
+        self.e_byte = [m.energy_pj_per_byte * 1e-12 for m in p.memory]
+        self.overhead_s = p.layer_overhead_cycles / p.clock_hz
+        self.peak = p.peak_macs_per_cycle
+        fab = p.fabric
+        self.systolic = fab.kind == "systolic_array"
+        if self.systolic:
+            self.rows, self.cols = fab.rows, fab.cols
+            load = fab.weight_load_cycles or 0
+            m_rows = self.spatial * self.batch
+            # per fold: stream the M input rows (the next tile's load hides behind it when double
+            # buffered), then fill and drain; SCALE-Sim's WS fold without double buffering
+            self.stream = np.maximum(m_rows, load) if fab.double_buffered_weights else m_rows + load
+            self.fill_drain = self.rows + self.cols - 2
 
     def reference(self) -> CompressionConfig:
         """The uncompressed model as it runs on the device (its reference precision)."""
@@ -80,57 +98,67 @@ class CostModel:
         w, a = self.ref_bits
         return (None if w >= FLOAT_BITS else w), (None if a >= FLOAT_BITS else a)
 
+    def cost_many(self, configs: list[CompressionConfig]) -> tuple[np.ndarray, np.ndarray]:
+        """Latency (s) and energy (J) of many configs, vectorised over configs."""
+        latency, energy = self._layers(resolve_many(self.table, configs))[:2]
+        return latency.sum(axis=-1), energy.sum(axis=-1)
+
     def cost(self, config: CompressionConfig | ResolvedConfig, *, detail: bool = False) -> Cost:
         r = config if isinstance(config, ResolvedConfig) else resolve(self.table, config)
-        p = self.profile
-        wb, ab = r.wbits.copy(), r.abits.copy()
-        if not self.has_float:  # an unquantised layer runs at the device's reference precision
-            wb[wb >= FLOAT_BITS] = self.ref_bits[0]
-            ab[ab >= FLOAT_BITS] = self.ref_bits[1]
-        rate = self._rate[wb, ab]
-        w_store = np.where(p.packed_weight_storage, np.minimum(wb, self._w_native[wb, ab]), self._w_native[wb, ab])
-        a_store = self._a_native[wb, ab]
+        latency, energy, parts = self._layers(r, detail)
+        return Cost(float(latency.sum()), float(energy.sum()), self.profile.origin, parts)
 
-        macs = r.macs.astype(np.float64) * self.batch
-        m_rows = self.spatial * self.batch
-        g = r.groups.astype(np.float64)
-        k = (r.in_channels / g) * self.kernel
-        n = r.out_channels / g
-        fab = p.fabric
-        if fab.kind == "systolic_array":
-            rows, cols = fab.rows, fab.cols
-            folds = g * np.ceil(k / rows) * np.ceil(n / cols)
-            load = fab.weight_load_cycles or 0
-            stream = np.maximum(m_rows, load) if fab.double_buffered_weights else m_rows + load
-            cycles = folds * (stream + rows + cols - 2) / rate
+    def _layers(self, r: ResolvedConfig, detail: bool = False):
+        """Per-layer latency and energy; arrays may carry a leading config axis."""
+        p = self.profile
+        wb, ab = r.wbits, r.abits
+        if not self.has_float:  # an unquantised layer runs at the device's reference precision
+            wb = np.where(wb >= FLOAT_BITS, self.ref_bits[0], wb)
+            ab = np.where(ab >= FLOAT_BITS, self.ref_bits[1], ab)
+        rate = self._rate[wb, ab]
+        w_native = self._w_native[wb, ab]
+        w_store = np.minimum(wb, w_native) if p.packed_weight_storage else w_native
+
+        g = r.groups
+        k = (r.in_channels // g) * self.kernel
+        n = r.out_channels // g
+        if self.systolic:
+            folds = g * -(-k // self.rows) * -(-n // self.cols)
+            cycles = folds * (self.stream + self.fill_drain) / rate
         else:
-            cycles = macs / (p.peak_macs_per_cycle * rate)
+            cycles = r.macs * (self.batch / self.peak) / rate
         compute_s = cycles / p.clock_hz
 
         weight_bytes = r.weight_params * w_store / 8 + r.bias_params * 4
-        act_bytes = (self.in_elems_per_ch * r.in_channels + self.out_elems_per_ch * r.out_channels) * a_store / 8 * self.batch
-        level_bytes = np.zeros((len(p.memory), len(macs)))
-        level_bytes[self.weight_level] += weight_bytes
-        act_mem = p.memory[self.act_level]
-        if act_mem.off_chip:
-            level_bytes[self.act_level] += act_bytes
+        act_bytes = (self.in_elems_per_ch * r.in_channels + self.out_elems_per_ch * r.out_channels) \
+            * (self._a_native[wb, ab] * self.batch / 8)
+        # bytes per memory level: weights where they fit, activations on chip unless they spill
+        total_weights = weight_bytes.sum(axis=-1, keepdims=True)
+        per_level: dict = {}
+        placed = np.zeros_like(total_weights, dtype=bool)
+        for i, size in self.weight_levels:  # the first level that holds all the weights
+            last = i == self.weight_levels[-1][0]
+            here = ~placed & ((total_weights <= size) | last)
+            if here.any():
+                per_level[i] = per_level.get(i, 0) + weight_bytes * here
+            placed |= here
+        if self.act_on_chip:
+            spills = act_bytes > self.act_size
+            on, off = np.where(spills, 0.0, act_bytes), np.where(spills, act_bytes, 0.0)
+            per_level[self.act_level] = per_level.get(self.act_level, 0) + on
+            per_level[self.spill_level] = per_level.get(self.spill_level, 0) + off
         else:
-            spills = act_bytes > act_mem.size_bytes
-            level_bytes[self.act_level] += np.where(spills, 0, act_bytes)
-            level_bytes[self.spill_level] += np.where(spills, act_bytes, 0)
-        bw = np.array([m.bandwidth_bytes_per_s for m in p.memory])[:, None]
-        memory_s = (level_bytes / bw).max(axis=0)
-        latency = np.maximum(compute_s, memory_s) + p.layer_overhead_cycles / p.clock_hz
-        util = macs / (p.peak_macs_per_cycle * rate * p.clock_hz * latency)
-
-        e_byte = np.array([m.energy_pj_per_byte for m in p.memory])[:, None]
-        memory_j = (level_bytes * e_byte).sum(axis=0) * 1e-12
+            per_level[self.act_level] = per_level.get(self.act_level, 0) + act_bytes
+        memory_s = np.maximum.reduce([b / self.bandwidth[i] for i, b in per_level.items()])
+        memory_j = sum(b * self.e_byte[i] for i, b in per_level.items() if self.e_byte[i])
+        latency = np.maximum(compute_s, memory_s) + self.overhead_s
+        macs = r.macs * self.batch
+        util = macs / (self.peak * p.clock_hz * rate * latency)
         if p.energy_model == "power":
             energy = latency * (p.power.idle_w + util * (p.power.busy_w - p.power.idle_w)) + memory_j
         else:
             energy = macs * self._e_mac[wb, ab] * 1e-12 + memory_j + latency * p.power.idle_w
         energy = energy / self.batch
-        latency_total = float(latency.sum())
         layers = None
         if detail:
             layers = {
@@ -141,4 +169,4 @@ class CostModel:
                 "bound": np.where(compute_s >= memory_s, "compute", "memory"),
                 "weight_bytes": weight_bytes,
             }
-        return Cost(latency_total, float(energy.sum()), p.origin, layers)
+        return latency, energy, layers
