@@ -108,6 +108,7 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", ta
         spec = desc
     else:
         spec = str(model)
+        torch.manual_seed(baseline.seed if baseline else 0)  # the initial weights, too, are repeatable
         net, desc = build_model(spec, num_classes=classes, input_shape=shape, stem=stem)
     if weights:
         load_weights(net, weights)

@@ -93,3 +93,18 @@ def test_an_impossible_size_constraint_records_every_trial_and_screens_before_ac
     records = [json.loads(x) for x in (tmp_path / "r" / "trials.jsonl").read_text().splitlines()]
     assert len(records) == 3
     assert all(r["status"] == "infeasible" and r["screened"] and r["metrics"]["accuracy"] is None for r in records)
+
+
+def test_a_repeated_proposal_reuses_the_first_result(tmp_path, trained_tiny, digits):
+    one_config = tmp_path / "one.yaml"  # a space of exactly two configs, searched 4 times
+    one_config.write_text("name: two\nknobs:\n  - {knob: wbits, per: all, name: w, choices: [6, 8]}\n")
+    result = autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                                 val_data=_ds(digits.val_x, digits.val_y), trials=4, workers=1,
+                                 algorithm="random", space=str(one_config), constraints={"max_acc_drop": 5},
+                                 out=tmp_path / "r", log=lambda s: None)
+    dups = result.trials[result.trials["duplicate_of"].notna()]
+    assert len(dups) >= 2  # 4 proposals from 2 configs
+    for _, d in dups.iterrows():
+        first = result.trials[result.trials["trial"] == d["duplicate_of"]].iloc[0]
+        assert d["accuracy"] == first["accuracy"] and d["energy_mj"] == first["energy_mj"]
+    assert result.pareto["trial"].is_unique and result.pareto["duplicate_of"].isna().all()

@@ -93,7 +93,7 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     first = max((int(r["trial"]) for r in records), default=-1) + 1
     run_trials(problem, sampler, budget=remaining, first_index=first, workers=run.workers,
                cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
-               ray_address=run.ray_address, on_record=on_record)
+               ray_address=run.ray_address, on_record=on_record, done=list(records))
     return records
 
 

@@ -24,6 +24,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 def _trial(tune_config: dict, problem: Problem | None = None) -> dict:
     import torch
 
+    if tune_config.get("duplicate_of") is not None:  # nothing to evaluate: the driver has the result
+        return {"payload": ""}
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     record = problem.evaluate(tune_config["index"], tune_config["values"])
     return {"payload": json.dumps(record, default=str)}
@@ -35,30 +37,43 @@ except ImportError:  # pragma: no cover - ray is a dependency
     _RaySearcher = object
 
 
+def _key(values: dict) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
 class SamplerSearcher(_RaySearcher):
     """A Ray Tune Searcher that asks our Sampler and tells it each result."""
 
-    def __init__(self, sampler: Sampler, problem: Problem, first_index: int, on_record: Callable[[dict], None]):
+    def __init__(self, sampler: Sampler, problem: Problem, first_index: int, on_record: Callable[[dict], None],
+                 seen: dict[str, dict] | None = None):
         super().__init__()
         self.sampler, self.problem, self.on_record = sampler, problem, on_record
         self.pending: dict[str, tuple] = {}
         self.next_index = first_index
+        self.seen = seen if seen is not None else {}  # params -> the first record that had them
 
     def suggest(self, trial_id):
         handle, values = self.sampler.ask()
         index = self.next_index
         self.next_index += 1
         self.pending[trial_id] = (handle, index, values)
-        return {"index": index, "values": values}
+        first = self.seen.get(_key(values))
+        return {"index": index, "values": values, "duplicate_of": first["trial"] if first else None}
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         handle, index, values = self.pending.pop(trial_id)
-        if result and "payload" in result:
+        first = self.seen.get(_key(values))
+        if first is not None:  # a repeated proposal: the same result, recorded as a duplicate
+            record = {k: v for k, v in first.items() if k not in ("trial", "seconds", "duplicate_of")}
+            record.update(trial=index, duplicate_of=first["trial"], seconds=0.0)
+        elif result and result.get("payload"):
             record = json.loads(result["payload"])
         else:  # the worker itself died (out of memory, a lost node)
             record = {"trial": index, "params": values, "status": "failed",
                       "error": "the Ray worker running this trial died"}
         self.sampler.tell(handle, self.problem.objective_values(record), self.problem.constraint_values(record))
+        if first is None and record["status"] != "failed":
+            self.seen[_key(values)] = record
         self.on_record(record)
 
     # Ray pickles the searcher into its own experiment state; our resume reads trials.jsonl
@@ -94,7 +109,7 @@ def _ship_user_code(model) -> None:
 
 def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: int, workers: int,
                cpus_per_trial: float, gpus_per_trial: float = 0, ray_address: str | None = None,
-               on_record: Callable[[dict], None]) -> None:
+               on_record: Callable[[dict], None], done: list[dict] | None = None) -> None:
     """Run ``budget`` more trials; ``on_record`` is called in this process as each one ends."""
     import ray
     from ray import tune
@@ -113,7 +128,8 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         _ship_user_code(problem.evaluator.model)
         trainable = tune.with_resources(tune.with_parameters(_trial, problem=problem),
                                         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        searcher = SamplerSearcher(sampler, problem, first_index, on_record)
+        seen = {_key(r["params"]): r for r in (done or []) if r["status"] != "failed" and not r.get("duplicate_of")}
+        searcher = SamplerSearcher(sampler, problem, first_index, on_record, seen)
         storage = tempfile.mkdtemp(prefix="autocompress-tune-")
         tuner = tune.Tuner(
             trainable,

@@ -74,16 +74,18 @@ class RunDirectory:
 def trials_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
-        row = {"trial": r["trial"], "status": r["status"], "seconds": r.get("seconds")}
+        row = {"trial": r["trial"], "status": r["status"], "seconds": r.get("seconds"),
+               "duplicate_of": r.get("duplicate_of")}
         row.update({k: (r.get("metrics") or {}).get(k) for k in METRIC_COLUMNS})
         row["error"] = r.get("error")
         rows.append(row)
-    cols = ["trial", "status", *METRIC_COLUMNS, "seconds", "error"]
+    cols = ["trial", "status", *METRIC_COLUMNS, "seconds", "duplicate_of", "error"]
     return pd.DataFrame(rows, columns=cols).sort_values("trial", kind="stable").reset_index(drop=True)
 
 
 def pareto_of(frame: pd.DataFrame, objectives: dict[str, str], reference_point: dict[str, float]):
-    feasible = frame[frame["status"] == "ok"].reset_index(drop=True)
+    # a config proposed again counts once (its first trial)
+    feasible = frame[(frame["status"] == "ok") & frame["duplicate_of"].isna()].reset_index(drop=True)
     if feasible.empty:
         return feasible, 0.0
     F = to_minimisation(feasible, objectives)
