@@ -110,6 +110,7 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", ta
         spec = str(model)
         torch.manual_seed(baseline.seed if baseline else 0)  # the initial weights, too, are repeatable
         net, desc = build_model(spec, num_classes=classes, input_shape=shape, stem=stem)
+    table = trace(net, torch.zeros((1, *shape)))  # shapes only: also checks the forward pass first
     if weights:
         load_weights(net, weights)
         notes.append(f"weights: {weights}")
@@ -117,7 +118,6 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", ta
         net, line = cached_or_trained(net, desc, bundle, baseline, log=log)
         notes.append(line)
     net.eval()
-    table = trace(net, torch.zeros((1, *shape)))
     notes += table.notes
     inputs = {"model": spec, "model_desc": desc, "data": bundle.name if bundle else None,
               "data_spec": data if bundle is not None and train_data is None else None,

@@ -69,6 +69,7 @@ def search(
     finetune_steps: int = typer.Option(0, help="fine-tuning steps (with distillation) per candidate"),
     val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed subset of the validation data"),
     normalize: str = typer.Option("auto", help="auto (training-set statistics), cifar10 or imagenet"),
+    input_shape: Optional[str] = typer.Option(None, help="expected input shape, e.g. 3x32x32 (checked against the data)"),
     workers: Optional[int] = typer.Option(None, help="concurrent trials (default: free cores)"),
     ray_address: Optional[str] = typer.Option(None, help="run the trials on an existing Ray cluster"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<target>-<time>)"),
@@ -99,7 +100,7 @@ def search(
     objs = [o.strip() for o in objectives.split(",") if o.strip()]
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
-    prep = api.prepare(model, data, target, weights=str(weights) if weights else None,
+    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, input_shape=input_shape,
                        val_samples=val_samples, normalize=normalize, log=console.print)
     console.print(f"model: {prep.model_desc}; {len(prep.table)} layers, "
                   f"{prep.table.total_macs / 1e6:.1f} M MACs, {prep.table.total_params / 1e6:.2f} M parameters")

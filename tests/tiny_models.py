@@ -28,3 +28,32 @@ class BranchyNet(nn.Module):
 def tiny_resnet(num_classes: int = 10):
     from autocompress.models import resnet18
     return resnet18(num_classes=num_classes, stem="cifar", width_mult=0.125)
+
+
+class BrokenNet(nn.Module):
+    """Its forward pass fails on any input (a user bug autocompress must report in one line)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(-1, 999))
+
+
+class HardcodedWidthNet(nn.Module):
+    """Works as built, but hard-codes a channel count, so pruning that layer breaks the forward
+    pass: a trial that raises, which the search must record as failed and carry on."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        x = x.mean(dim=(2, 3))
+        return self.fc(x.reshape(x.shape[0], 16))

@@ -19,6 +19,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
+# Ctrl-C must reach us (KeyboardInterrupt): every finished trial is on disk already, and the CLI
+# then prints the command that resumes; Tune's own handler would end the run as if complete
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 def _trial(tune_config: dict, problem: Problem | None = None) -> dict:
