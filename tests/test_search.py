@@ -1,5 +1,7 @@
 """Real searches under Ray Tune with a tiny model (tens of seconds each)."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,3 +110,81 @@ def test_a_repeated_proposal_reuses_the_first_result(tmp_path, trained_tiny, dig
         first = result.trials[result.trials["trial"] == d["duplicate_of"]].iloc[0]
         assert d["accuracy"] == first["accuracy"] and d["energy_mj"] == first["energy_mj"]
     assert result.pareto["trial"].is_unique and result.pareto["duplicate_of"].isna().all()
+
+
+def test_hypervolume_matches_pymoos_indicator_on_all_feasible_trials(result):
+    from pymoo.indicators.hv import HV
+
+    pareto = json.loads((result.run_dir / "pareto.json").read_text())
+    ref = pareto["reference_point"]
+    feasible = result.trials[(result.trials["status"] == "ok") & result.trials["duplicate_of"].isna()]
+    F = np.column_stack([-feasible["energy_reduction"], -feasible["accuracy"]])
+    ref_point = np.array([-ref["energy_reduction"], -ref["accuracy"]])
+    inside = (F < ref_point).all(axis=1)
+    expected = HV(ref_point=ref_point)(F[inside]) if inside.any() else 0.0
+    assert pareto["hypervolume"] == pytest.approx(expected, rel=1e-12)
+    assert expected > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["pymoo-nsga2", "tpe"])
+def test_other_searchers_drive_ray_tune(tmp_path, trained_tiny, digits, gentle_space, algorithm):
+    result = autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                                 val_data=_ds(digits.val_x, digits.val_y), trials=10, workers=2, space=gentle_space,
+                                 algorithm=algorithm, constraints={"max_acc_drop": 3.0}, seed=2,
+                                 out=tmp_path / "r", log=lambda s: None)
+    assert len(result.trials) == 10 and (result.trials["status"] != "failed").all()
+    assert json.loads((result.run_dir / "settings.json").read_text())["search"]["algorithm"] == algorithm
+    assert not result.pareto.empty
+
+
+def _stop_processes_mentioning(text: str) -> None:
+    """Stop only this test's Ray cluster (its processes name its temp dir), not other Rays."""
+    import signal
+    import time
+
+    def pids():
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid():
+                try:
+                    if text in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                        out.append(int(d.name))
+                except OSError:
+                    pass
+        return out
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_a_search_runs_on_a_ray_cluster_started_with_ray_start(trained_tiny, digits, gentle_space):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="acray", dir="/tmp")  # short: Ray's socket paths must fit
+    port = 6391
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                              "--temp-dir", temp_dir], capture_output=True, text=True, env=env, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        out = Path(temp_dir) / "run"
+        result = autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                                     val_data=_ds(digits.val_x, digits.val_y), trials=3, workers=2,
+                                     space=gentle_space, constraints={"max_acc_drop": 3.0},
+                                     ray_address=f"127.0.0.1:{port}", out=out, log=lambda s: None)
+        assert len(result.trials) == 3 and (result.trials["status"] == "ok").any()
+    finally:
+        _stop_processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)

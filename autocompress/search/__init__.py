@@ -73,7 +73,8 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     baseline = rundir.baseline
     ref = reference_point(problem, baseline)
     directions = list(problem.objectives.values())
-    sampler = make_sampler(search.algorithm, problem.space.searchable, directions, search.seed, search.trials)
+    sampler = make_sampler(search.algorithm, problem.space.searchable, directions, search.seed, search.trials,
+                           n_constraints=len(problem.constraints.active))
     for r in records:  # resume: the sampler learns from the finished trials
         sampler.replay(r["params"], problem.objective_values(r), problem.constraint_values(r))
     remaining = search.trials - len(records)

@@ -19,8 +19,9 @@ class Sampler(abc.ABC):
         self.params, self.directions, self.seed = params, directions, seed
 
     @abc.abstractmethod
-    def ask(self) -> tuple[Any, dict[str, float]]:
-        """Returns a handle for :meth:`tell` and the proposed values."""
+    def ask(self) -> tuple[Any, dict[str, float]] | None:
+        """Returns a handle for :meth:`tell` and the proposed values, or None when the sampler
+        must first hear back about candidates it has handed out (a generation)."""
 
     @abc.abstractmethod
     def tell(self, handle: Any, values: list[float] | None, constraints: list[float] | None) -> None:
@@ -87,12 +88,20 @@ class OptunaSampler(Sampler):
             constraints={f"c{i}": float(c) for i, c in enumerate(constraints or [])}))
 
 
-ALGORITHMS = {"nsga2": OptunaSampler, "tpe": OptunaSampler, "random": OptunaSampler}
+def _pymoo(*args, **kwargs):
+    from autocompress.search._pymoo import PymooSampler
+    return PymooSampler(*args, **kwargs)
+
+
+#: --algorithm names: Optuna's samplers and pymoo's algorithms
+ALGORITHMS = {"nsga2": OptunaSampler, "tpe": OptunaSampler, "random": OptunaSampler,
+              "pymoo-nsga2": _pymoo, "pymoo-nsga3": _pymoo}
 
 
 def make_sampler(algorithm: str, params: list[Param], directions: list[str], seed: int,
-                 budget: int) -> Sampler:
+                 budget: int, n_constraints: int = 1) -> Sampler:
     if algorithm not in ALGORITHMS:
         raise unknown_name("algorithm", algorithm, list(ALGORITHMS))
     population = max(8, min(32, budget // 3))
-    return ALGORITHMS[algorithm](params, directions, seed, algorithm=algorithm, population_size=population)
+    kwargs = {"n_constraints": n_constraints} if algorithm.startswith("pymoo") else {}
+    return ALGORITHMS[algorithm](params, directions, seed, algorithm=algorithm, population_size=population, **kwargs)

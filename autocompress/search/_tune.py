@@ -56,7 +56,10 @@ class SamplerSearcher(_RaySearcher):
         self.seen = seen if seen is not None else {}  # params -> the first record that had them
 
     def suggest(self, trial_id):
-        handle, values = self.sampler.ask()
+        asked = self.sampler.ask()
+        if asked is None:  # the sampler waits for a generation's results; Tune asks again
+            return None
+        handle, values = asked
         index = self.next_index
         self.next_index += 1
         self.pending[trial_id] = (handle, index, values)
@@ -121,12 +124,15 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         logging.getLogger(name).setLevel(logging.ERROR)
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                      configure_logging=True)
+        kwargs = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
         if ray_address:
-            ray.init(address=ray_address, **kwargs)
+            try:
+                ray.init(address=ray_address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                from autocompress._errors import UserError
+                raise UserError(f"cannot connect to the Ray cluster at {ray_address}: {' '.join(str(e).split())[:200]}") from None
         else:
-            ray.init(num_cpus=max(1, int(round(workers * cpus_per_trial))), **kwargs)
+            ray.init(num_cpus=max(1, int(round(workers * cpus_per_trial))), include_dashboard=False, **kwargs)
     try:
         _ship_user_code(problem.evaluator.model)
         trainable = tune.with_resources(tune.with_parameters(_trial, problem=problem),
