@@ -93,6 +93,12 @@ def search(
         max_latency_ms, min_energy_reduction, min_sqnr_db = c.max_latency_ms, c.min_energy_reduction, c.min_sqnr_db
         val_samples, normalize = args["val_samples"], args["normalize"]
         finetune_steps = args["recovery"].finetune_steps
+    from autocompress.hardware import load_profile
+    from autocompress.space import SearchSpace, load_space
+
+    load_profile(target)  # bad names and files fail now, not after the baseline is trained
+    if space is not None and not isinstance(space, SearchSpace):
+        load_space(space)
     constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
                               max_macs=max_macs, max_latency_ms=max_latency_ms,
                               min_energy_reduction=min_energy_reduction, min_sqnr_db=min_sqnr_db)

@@ -105,3 +105,33 @@ def test_ctrl_c_stops_cleanly_keeps_the_trials_and_prints_the_resume_command(tmp
     kept = _trials(run)
     assert 1 <= len(kept) < 30
     assert len((run / "trials.csv").read_text().splitlines()) == len(kept) + 1
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d["memory"][0].update(bandwidth_bytes_per_s=-34e9), "field 'memory.0.bandwidth_bytes_per_s': Input should be greater than 0"),
+    (lambda d: d.pop("clock_hz"), "field 'clock_hz': Field required"),
+    (lambda d: d["precisions"][0].update(weights="int8"), "field 'precisions.0.weights'"),
+    (lambda d: d.update(reference_precision={"weights": 4, "activations": 4}), "reference_precision (4, 4) is not one of the listed precisions"),
+])
+def test_a_malformed_profile_names_file_and_field_through_the_cli(tmp_path, edit, expected):
+    import yaml
+
+    data = yaml.safe_load((ROOT / "hw_profiles" / "tpu-v1.yaml").read_text())
+    edit(data)
+    path = tmp_path / "my-chip.yaml"
+    path.write_text(yaml.safe_dump(data))
+    line = _one_line_error(cli("profile", "--target", str(path)))
+    assert line.startswith("error: my-chip.yaml: ") and expected in line
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: s\nknobs:\n  - {knob: wbits, choices: [7]}\n", "unsupported bit-width 7"),
+    ("name: s\nknobs:\n  - {knob: prune, per: group, choices: [1.5]}\n", "pruning ratios must be in [0, 1)"),
+    ("name: s\nknobs:\n  - {knob: rank, choices: [0.5]}\n", "field 'knobs.0.knob'"),
+    ("knobs: []\n", "field 'name': Field required"),
+])
+def test_a_malformed_space_names_file_and_field_through_the_cli(tmp_path, text, expected):
+    path = tmp_path / "my-space.yaml"
+    path.write_text(text)
+    line = _one_line_error(cli("search", "--model", TINY, "--space", str(path)))
+    assert "my-space.yaml" in line and expected in line
