@@ -160,20 +160,29 @@ class SearchResult:
         return rows.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
 
     def apply(self, trial: int, model: nn.Module | None = None) -> nn.Module:
-        """Build the compressed model of ``trial`` (from the searched model by default)."""
+        """Build the compressed model of ``trial`` (from the searched model by default), with
+        the recovery that trial's metrics were measured after."""
+        from dataclasses import replace
+
         if self.prepared is None and model is None:
             raise UserError("give the model to apply the config to")
         prep = self.prepared
         base = model if model is not None else prep.model
-        return apply(base, prep.table, self.config(trial), data=prep.data, recovery=self.recovery, seed=self.seed)
+        record = next(r for r in self.records if int(r["trial"]) == int(trial))
+        recovery = self.recovery
+        if (record.get("metrics") or {}).get("fidelity") == "screen":
+            recovery = replace(recovery, finetune_steps=0)
+        return apply(base, prep.table, self.config(trial), data=prep.data, recovery=recovery, seed=self.seed)
 
     def reproduce(self, trial: int) -> Metrics:
-        """Re-evaluate ``trial`` from its saved config (same data, seed and thread count)."""
+        """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
         record = next(r for r in self.records if int(r["trial"]) == int(trial))
         threads = torch.get_num_threads()
         torch.set_num_threads(int(record.get("threads") or threads))
+        fidelity = (record.get("metrics") or {}).get("fidelity", "full")
         try:
-            return self.prepared.evaluator(self.recovery, self.metric, self.seed).evaluate(self.config(trial))
+            return self.prepared.evaluator(self.recovery, self.metric, self.seed).evaluate(
+                self.config(trial), fidelity=fidelity)
         finally:
             torch.set_num_threads(threads)
 

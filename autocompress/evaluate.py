@@ -58,6 +58,8 @@ class Metrics:
     energy_mj: float = 0.0  # per inference
     energy_reduction: float = 1.0  # reference energy / this energy
     sqnr_db: float | None = None  # logits vs the uncompressed model
+    accuracy_screen: float | None = None  # before fine-tuning (the cheap fidelity)
+    fidelity: str = "screen"  # "screen": BN re-estimation only; "full": with the fine-tuning budget
     cost_origin: str = ""
     eval_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -122,19 +124,32 @@ class Evaluator:
                        energy_reduction=self.reference_cost.energy_j / cost.energy_j,
                        cost_origin=cost.origin)
 
-    def build(self, config: CompressionConfig) -> nn.Module:
-        return apply(self.model, self.table, config, data=self.data, recovery=self.recovery, seed=self.seed)
+    @property
+    def screening(self) -> Recovery:
+        """The cheap fidelity: the same recovery without fine-tuning."""
+        from dataclasses import replace
+        return replace(self.recovery, finetune_steps=0)
 
-    def evaluate(self, config: CompressionConfig, metrics: Metrics | None = None) -> Metrics:
-        """Build the compressed model and measure accuracy and quantisation error."""
+    def build(self, config: CompressionConfig, recovery: Recovery | None = None) -> nn.Module:
+        return apply(self.model, self.table, config, data=self.data, recovery=recovery or self.recovery,
+                     seed=self.seed)
+
+    def evaluate(self, config: CompressionConfig, metrics: Metrics | None = None, *,
+                 fidelity: str = "full") -> Metrics:
+        """Build the compressed model and measure accuracy and quantisation error, at the
+        ``screen`` fidelity (no fine-tuning) or the ``full`` one (the recovery budget)."""
         t0 = time.perf_counter()
         m = metrics or self.cost_metrics(config)
+        recovery = self.recovery if fidelity == "full" else self.screening
+        m.fidelity = "full" if recovery.finetune_steps > 0 else "screen"
         torch.manual_seed(self.seed)
-        compressed = self.build(config)
+        compressed = self.build(config, recovery)
         logits = predict(compressed, self.data.val_x)
         m.accuracy = accuracy(logits, self.data.val_y, self.metric)
         m.accuracy_drop = 100.0 * (self.baseline_accuracy - m.accuracy)
         n = min(SQNR_SAMPLES, len(logits))
         m.sqnr_db = sqnr_db(self.baseline_logits[:n], logits[:n])
-        m.eval_seconds = time.perf_counter() - t0
+        if m.fidelity == "screen":
+            m.accuracy_screen = m.accuracy
+        m.eval_seconds += time.perf_counter() - t0
         return m

@@ -188,3 +188,34 @@ def test_a_search_runs_on_a_ray_cluster_started_with_ray_start(trained_tiny, dig
     finally:
         _stop_processes_mentioning(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_two_fidelities_fine_tune_only_candidates_that_could_enter_the_pareto_set(tmp_path, trained_tiny, digits):
+    from autocompress.compress import Recovery
+    from autocompress.search.problem import MAX_RECOVERY_GAIN
+
+    space = tmp_path / "s.yaml"
+    space.write_text("name: s\nexclude: [first, last]\nknobs:\n"
+                     "  - {knob: prune, per: group, layers: ['layer4.*'], choices: [0.0, 0.5]}\n"
+                     "  - {knob: wbits, per: layer, choices: [4, 8]}\n")
+    result = autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                                 val_data=_ds(digits.val_x, digits.val_y), trials=6, workers=1, space=str(space),
+                                 recovery=Recovery(finetune_steps=8), algorithm="random", seed=4,
+                                 constraints={"max_acc_drop": 2.0}, out=tmp_path / "r", log=lambda s: None,
+                                 raise_if_infeasible=False)
+    evaluated = [r for r in result.records if (r.get("metrics") or {}).get("accuracy") is not None
+                 and not r.get("duplicate_of")]
+    full = [r for r in evaluated if r["metrics"]["fidelity"] == "full"]
+    screened = [r for r in evaluated if r["metrics"]["fidelity"] == "screen"]
+    assert full, "the first candidates face an empty front: they are fine-tuned"
+    for r in evaluated:  # both figures are recorded
+        assert r["metrics"]["accuracy_screen"] is not None
+    floor = result.baseline["accuracy"] - 0.02
+    for r in screened:  # skipped only when fine-tuning could not have helped enough
+        assert r["metrics"]["accuracy_screen"] + MAX_RECOVERY_GAIN < floor or any(
+            f["metrics"]["energy_reduction"] >= r["metrics"]["energy_reduction"]
+            and f["metrics"]["accuracy"] >= r["metrics"]["accuracy_screen"] + MAX_RECOVERY_GAIN
+            for f in evaluated if f["trial"] < r["trial"] and f["status"] == "ok")
+    row = full[0]
+    again = result.reproduce(row["trial"])
+    assert again.fidelity == "full" and again.accuracy == pytest.approx(row["metrics"]["accuracy"], abs=1e-9)

@@ -30,7 +30,7 @@ def _trial(tune_config: dict, problem: Problem | None = None) -> dict:
     if tune_config.get("duplicate_of") is not None:  # nothing to evaluate: the driver has the result
         return {"payload": ""}
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    record = problem.evaluate(tune_config["index"], tune_config["values"])
+    record = problem.evaluate(tune_config["index"], tune_config["values"], tune_config.get("front"))
     return {"payload": json.dumps(record, default=str)}
 
 
@@ -64,7 +64,11 @@ class SamplerSearcher(_RaySearcher):
         self.next_index += 1
         self.pending[trial_id] = (handle, index, values)
         first = self.seen.get(_key(values))
-        return {"index": index, "values": values, "duplicate_of": first["trial"] if first else None}
+        # the Pareto front so far: the trial decides whether its candidate deserves fine-tuning
+        front = [(r["metrics"]["energy_reduction"], r["metrics"]["accuracy"]) for r in self.seen.values()
+                 if r["status"] == "ok"]
+        return {"index": index, "values": values, "duplicate_of": first["trial"] if first else None,
+                "front": front}
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         handle, index, values = self.pending.pop(trial_id)

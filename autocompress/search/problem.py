@@ -18,6 +18,10 @@ from autocompress.space import BoundSpace
 
 __all__ = ["Constraints", "Problem", "OBJECTIVES"]
 
+#: fine-tuning is assumed to win back at most this many accuracy points when deciding whether a
+#: screened candidate could still enter the Pareto set (and so deserves the full budget)
+MAX_RECOVERY_GAIN = 0.05
+
 #: objective -> direction
 OBJECTIVES = {"energy_reduction": "max", "accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
 
@@ -87,8 +91,21 @@ class Problem:
             if k not in OBJECTIVES:
                 raise UserError(f"unknown objective {k!r}; valid: {', '.join(OBJECTIVES)}")
 
-    def evaluate(self, index: int, values: dict[str, float]) -> dict:
-        """One trial, as the record the run directory keeps. Never raises: a failure is a record."""
+    def promising(self, screened: Metrics, front: list[tuple[float, float]]) -> bool:
+        """Could fine-tuning bring a screened candidate onto the Pareto set? Not if, even with
+        the largest plausible gain, it stays below the accuracy floor or a member of ``front``
+        (energy reduction, accuracy pairs) has at least its energy reduction and accuracy."""
+        best_case = screened.accuracy + MAX_RECOVERY_GAIN
+        drop = self.constraints.max_acc_drop
+        if drop is not None and best_case < self.evaluator.baseline_accuracy - drop / 100:
+            return False
+        return not any(e >= screened.energy_reduction and a >= best_case for e, a in front)
+
+    def evaluate(self, index: int, values: dict[str, float], front: list[tuple[float, float]] | None = None) -> dict:
+        """One trial, as the record the run directory keeps. Never raises: a failure is a record.
+
+        With a fine-tuning budget, the candidate is screened first and fine-tuned only when it
+        could still enter the Pareto set ``front``."""
         t0 = time.perf_counter()
         record = {"trial": index, "params": values, "status": "failed", "threads": _threads()}
         try:
@@ -101,7 +118,12 @@ class Problem:
                 record["status"] = "infeasible"
                 record["screened"] = True  # no accuracy computed
             else:
-                metrics = self.evaluator.evaluate(config, metrics)
+                two_fidelities = self.evaluator.recovery.finetune_steps > 0
+                metrics = self.evaluator.evaluate(config, metrics, fidelity="screen")
+                if two_fidelities and self.promising(metrics, front or []):
+                    screen = metrics.accuracy
+                    metrics = self.evaluator.evaluate(config, metrics, fidelity="full")
+                    metrics.accuracy_screen = screen
                 violations = self.constraints.violations(metrics)
                 record["status"] = "ok" if all(v is None or v <= 0 for v in violations.values()) else "infeasible"
             record["metrics"] = metrics.to_dict()
