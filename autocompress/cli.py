@@ -225,6 +225,105 @@ def profile(
                   f"(all parameters of the model); latency and energy {totals['origin']}")
 
 
+def _pick(result_dir: Path, pick: str, max_acc_drop: Optional[float]):
+    """The run's records and the chosen trial number (``best``: highest energy reduction)."""
+    from autocompress.search import RunDirectory
+
+    rd = RunDirectory(result_dir)
+    if not (rd.path / "settings.json").is_file():
+        raise UserError(f"{result_dir} is not a run directory (no settings.json)")
+    records = rd.trials()
+    pareto = json.loads((rd.path / "pareto.json").read_text()) if (rd.path / "pareto.json").exists() else {}
+    candidates = pareto.get("candidates", [])
+    if pick == "best":
+        rows = [c for c in candidates if max_acc_drop is None or c["accuracy_drop"] <= max_acc_drop]
+        if not rows:
+            raise NothingFeasible(f"no Pareto candidate in {result_dir} meets the limits")
+        trial = max(rows, key=lambda c: c["energy_reduction"])["trial"]
+    else:
+        try:
+            trial = int(pick)
+        except ValueError:
+            raise UserError(f"--pick must be a trial number or 'best', not {pick!r}") from None
+    record = next((r for r in records if int(r["trial"]) == int(trial) and r.get("config")), None)
+    if record is None:
+        raise UserError(f"{result_dir} has no trial {trial} with a config")
+    return rd, record
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a search's run directory"),
+    pick: str = typer.Option("best", help="trial number, or best (highest energy reduction on the Pareto set)"),
+    max_acc_drop: Optional[float] = typer.Option(None, help="with --pick best: largest accepted accuracy drop"),
+    fmt: str = typer.Option("yaml", "--format", help="json, yaml (the config), csv (per-layer table), torch (the model)"),
+    out: Path = typer.Option(..., help="file to write"),
+):
+    """Export a candidate of a finished search."""
+    import autocompress.api as api
+    from autocompress.config import CompressionConfig
+    from autocompress.export import FORMATS
+    from autocompress.export import export as do_export
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    rd, record = _pick(run_dir, pick, max_acc_drop)
+    config = CompressionConfig.from_dict(record["config"])
+    args = api.resume_arguments(run_dir)
+    prep = api.prepare(args["model"], args["data"], args["target"], weights=args["weights"],
+                       val_samples=args["val_samples"], normalize=args["normalize"], log=console.print)
+
+    def build():
+        from dataclasses import replace
+        from autocompress.compress import apply
+
+        recovery = args["recovery"]
+        if record["metrics"].get("fidelity") == "screen":
+            recovery = replace(recovery, finetune_steps=0)
+        return apply(prep.model, prep.table, config, data=prep.data, recovery=recovery, seed=args["seed"])
+
+    what = do_export(config, prep.table, fmt, out, model_builder=build)
+    m = record["metrics"]
+    console.print(f"trial {record['trial']} -> {out}: {what}")
+    console.print(f"  accuracy {100 * m['accuracy']:.2f}% (drop {m['accuracy_drop']:.2f} pp), "
+                  f"{m['size_bytes'] / 1e6:.2f} MB, energy reduction {m['energy_reduction']:.2f}x ({m['cost_origin']})")
+
+
+@app.command("apply")
+def apply_cmd(
+    config: Path = typer.Option(..., help="a CompressionConfig (YAML or JSON), e.g. from autocompress export"),
+    model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
+    weights: Optional[Path] = typer.Option(None, help="state dict; without it the cached baseline is used (or trained)"),
+    data: str = typer.Option("digits", help="data for batch-norm re-estimation and activation calibration"),
+    target: str = typer.Option("tpu-v1", help="profile used to cost the result"),
+    finetune_steps: int = typer.Option(0, help="fine-tuning steps with distillation (as in the search)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(..., help="file for the compressed model (TorchScript)"),
+):
+    """Re-create a compressed model from a config and save it."""
+    import autocompress.api as api
+    from autocompress.compress import Recovery, apply
+    from autocompress.config import CompressionConfig
+    from autocompress.export import save_model
+
+    cfg = CompressionConfig.load(config)
+    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, log=console.print)
+    evaluator = prep.evaluator(Recovery(finetune_steps=finetune_steps), seed=seed)
+    cfg = evaluator.complete(cfg)
+    metrics = evaluator.evaluate(cfg)
+    compressed = apply(prep.model, prep.table, cfg, data=prep.data, recovery=evaluator.recovery, seed=seed)
+    what = save_model(compressed, torch_zeros(prep.table.input_shape), out)
+    console.print(f"{out}: {what}")
+    console.print(f"  accuracy {100 * metrics.accuracy:.2f}% (drop {metrics.accuracy_drop:.2f} pp), "
+                  f"{metrics.size_bytes / 1e6:.2f} MB, energy {metrics.energy_mj:.4f} mJ, "
+                  f"energy reduction {metrics.energy_reduction:.2f}x ({metrics.cost_origin})")
+
+
+def torch_zeros(shape):
+    import torch
+    return torch.zeros((1, *shape))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
