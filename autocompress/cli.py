@@ -5,7 +5,6 @@ Bad input ends in one line on stderr and exit code 2 (3 when a search finds noth
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -113,7 +112,6 @@ def search(
     for note in prep.notes:
         console.print(f"  {note}", style="dim")
 
-    state = {"feasible": 0, "best": None, "failed": 0}
     progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("feasible {task.fields[feasible]}"), TextColumn("best energy reduction {task.fields[best]}"),
                         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)

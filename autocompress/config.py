@@ -262,7 +262,7 @@ def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
 def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> ResolvedConfig:
     """:func:`resolve` for many configs at once: every array gets a leading config axis."""
     plan = _plan(table)
-    n, k, L = len(configs), len(plan.group_names), len(plan.index)
+    n, L = len(configs), len(plan.index)
     gpos = {g: i for i, g in enumerate(plan.group_names)}
     kept = np.tile(plan.group_channels, (n, 1))
     wbits, abits = np.full((n, L), FLOAT_BITS, dtype=np.int64), np.full((n, L), FLOAT_BITS, dtype=np.int64)

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from autocompress._errors import UserError, unknown_name
+from autocompress._errors import UserError
 from autocompress.config import SUPPORTED_BITS, CompressionConfig, LayerConfig
 from autocompress.graph import LayerTable
+from autocompress.utils import load_yaml_file, shipped_yaml
 
 __all__ = ["SearchSpace", "BoundSpace", "Param", "load_space", "list_spaces"]
 
@@ -197,17 +196,12 @@ class BoundSpace:
                                  channel_multiple=self.channel_multiple, meta=meta or {})
 
 
-def _shipped() -> dict[str, Path]:
-    root = resources.files("autocompress.search_spaces")
-    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
-
-
 def list_spaces() -> list[str]:
-    return sorted(_shipped())
+    return sorted(shipped_yaml("autocompress.search_spaces"))
 
 
 def default_space_for(model_spec: str) -> str:
-    shipped = _shipped()
+    shipped = list_spaces()
     for prefix, space in (("resnet", "resnet"), ("mobilenet_v2", "mobilenet_v2")):
         if model_spec.startswith(prefix) and space in shipped:
             return space
@@ -215,25 +209,5 @@ def default_space_for(model_spec: str) -> str:
 
 
 def load_space(spec: str | Path) -> SearchSpace:
-    spec = str(spec)
-    shipped = _shipped()
-    if spec in shipped:
-        path = shipped[spec]
-    elif spec.endswith((".yaml", ".yml")) or "/" in spec:
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(f"search space file {spec!r} does not exist")
-    else:
-        raise unknown_name("search space", spec, list(shipped))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path.name}: not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path.name}: expected a mapping with 'name' and 'knobs', got {type(data).__name__}")
-    try:
-        return SearchSpace.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise UserError(f"{path.name}: field {loc!r}: {err['msg']}") from None
+    """A shipped space by name, or a YAML file by path; errors name the file and field."""
+    return load_yaml_file(spec, "autocompress.search_spaces", "search space", SearchSpace)

@@ -52,3 +52,43 @@ def bf16_is_fast() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def load_yaml_file(spec, package: str, kind: str, model_cls):
+    """A shipped YAML file of ``package`` by name, or a file by path, validated by the pydantic
+    ``model_cls``; every failure is one UserError line naming the file and the field."""
+    import yaml
+    from pydantic import ValidationError
+
+    from autocompress._errors import UserError, unknown_name
+
+    spec = str(spec)
+    shipped = shipped_yaml(package)
+    if spec in shipped:
+        path = shipped[spec]
+    elif spec.endswith((".yaml", ".yml")) or "/" in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"{kind} file {spec!r} does not exist")
+    else:
+        raise unknown_name(kind, spec, list(shipped))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path.name}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path.name}: expected a mapping of {kind} fields, got {type(data).__name__}")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise UserError(f"{path.name}: field {field!r}: {' '.join(str(err['msg']).split())}") from None
+
+
+def shipped_yaml(package: str) -> dict[str, Path]:
+    """Name -> path of the YAML files shipped as package data in ``package``."""
+    from importlib import resources
+
+    root = resources.files(package)
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}

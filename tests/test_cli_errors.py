@@ -1,11 +1,9 @@
 """Every kind of bad input gives one line and exit code 2; failures during a search are harmless."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -7,14 +7,12 @@ Every figure cites a source (the ``source`` fields). Sizes and rates may be writ
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from autocompress._errors import UserError, unknown_name
+from autocompress.utils import load_yaml_file, shipped_yaml
 
 __all__ = ["HardwareProfile", "Precision", "MemoryLevel", "load_profile", "list_profiles"]
 
@@ -147,38 +145,12 @@ class HardwareProfile(_Strict):
         return f"modeled:{self.name}"
 
 
-def _shipped() -> dict[str, Path]:
-    root = resources.files("autocompress.hw_profiles")
-    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
-
-
 def list_profiles() -> list[str]:
-    return sorted(_shipped())
+    return sorted(shipped_yaml("autocompress.hw_profiles"))
 
 
 def load_profile(target: str | Path) -> HardwareProfile:
     """A shipped profile by name, or a YAML file by path; errors name the file and field."""
     if isinstance(target, HardwareProfile):
         return target
-    target = str(target)
-    shipped = _shipped()
-    if target in shipped:
-        path = shipped[target]
-    elif target.endswith((".yaml", ".yml")) or "/" in target:
-        path = Path(target)
-        if not path.is_file():
-            raise UserError(f"profile file {target!r} does not exist")
-    else:
-        raise unknown_name("target", target, list(shipped))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path.name}: not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path.name}: expected a mapping of profile fields, got {type(data).__name__}")
-    try:
-        return HardwareProfile.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise UserError(f"{path.name}: field {field!r}: {err['msg']}") from None
+    return load_yaml_file(target, "autocompress.hw_profiles", "target", HardwareProfile)

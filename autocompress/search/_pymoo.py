@@ -7,8 +7,6 @@ Variables are encoded in [0, 1]: a categorical knob picks the choice the value f
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from autocompress.search._sampler import Sampler
