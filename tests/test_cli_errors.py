@@ -97,7 +97,12 @@ def test_ctrl_c_stops_cleanly_keeps_the_trials_and_prints_the_resume_command(tmp
     while len(_trials(run)) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the search did not stop on SIGINT")
     assert proc.returncode == 130, err[-1500:]
     assert f"autocompress search --resume {run}" in err and "Traceback" not in err
     kept = _trials(run)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 from typing import Callable
 
 from autocompress.search._sampler import Sampler
@@ -48,14 +50,17 @@ class SamplerSearcher(_RaySearcher):
     """A Ray Tune Searcher that asks our Sampler and tells it each result."""
 
     def __init__(self, sampler: Sampler, problem: Problem, first_index: int, on_record: Callable[[dict], None],
-                 seen: dict[str, dict] | None = None):
+                 seen: dict[str, dict] | None = None, stop: threading.Event | None = None):
         super().__init__()
         self.sampler, self.problem, self.on_record = sampler, problem, on_record
+        self.stop = stop or threading.Event()
         self.pending: dict[str, tuple] = {}
         self.next_index = first_index
         self.seen = seen if seen is not None else {}  # params -> the first record that had them
 
     def suggest(self, trial_id):
+        if self.stop.is_set():  # interrupted: no new trials
+            return _RaySearcher.FINISHED
         asked = self.sampler.ask()
         if asked is None:  # the sampler waits for a generation's results; Tune asks again
             return None
@@ -88,7 +93,7 @@ class SamplerSearcher(_RaySearcher):
 
     # Ray pickles the searcher into its own experiment state; our resume reads trials.jsonl
     # instead, so the live sampler (which holds locks) stays out of that copy.
-    def __getstate__(self):
+    def __getstate__(self):  # noqa: D105
         return {"pending": {}, "next_index": self.next_index}
 
     def save(self, checkpoint_path):
@@ -142,7 +147,8 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         trainable = tune.with_resources(tune.with_parameters(_trial, problem=problem),
                                         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         seen = {_key(r["params"]): r for r in (done or []) if r["status"] != "failed" and not r.get("duplicate_of")}
-        searcher = SamplerSearcher(sampler, problem, first_index, on_record, seen)
+        stop = threading.Event()
+        searcher = SamplerSearcher(sampler, problem, first_index, on_record, seen, stop)
         storage = tempfile.mkdtemp(prefix="autocompress-tune-")
         tuner = tune.Tuner(
             trainable,
@@ -151,7 +157,22 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
             run_config=tune.RunConfig(name="trials", storage_path=storage, verbose=0,
                                       log_to_file=True),
         )
-        tuner.fit()
+        # Ctrl-C: raise KeyboardInterrupt as usual, and also stop proposing trials, so that the
+        # run ends even where Ray's event loop swallows the exception
+        def on_sigint(signum, frame):
+            stop.set()
+            raise KeyboardInterrupt
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            tuner.fit()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if stop.is_set():
+            raise KeyboardInterrupt
     finally:
         if started_here:
             ray.shutdown()
