@@ -30,7 +30,8 @@ from autocompress.graph import LayerTable, trace
 from autocompress.hardware import HardwareProfile, load_profile
 from autocompress.models import build_model, load_weights
 from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings, SearchSettings,
-                                 run_search, settings_dict)
+                                 reference_point, run_search, settings_dict)
+from autocompress.search.rundir import pareto_of, trials_frame
 from autocompress.space import BoundSpace, default_space_for, load_space
 
 __all__ = ["search", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
@@ -277,19 +278,15 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
                     "space_params": [p.name for p in bound.params], "recovery": asdict(recovery),
                     "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_)}
         rundir.create(settings, baseline)
-    records = run_search(problem, search_, run_, rundir, on_trial=on_trial)
-    frame, pareto, hv = rundir.write_tables(records, objectives, _ref(problem, rundir))
+    records = run_search(problem, search_, run_, rundir, on_trial=on_trial)  # writes the tables
+    frame = trials_frame(records)
+    pareto, hv = pareto_of(frame, objectives, reference_point(problem, rundir.baseline))
     result = SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
     if pareto.empty and raise_if_infeasible:
         raise NothingFeasible(f"no candidate met the constraints; every trial is recorded in "
                               f"{rundir.path}/trials.csv (loosen a constraint or raise the trial budget)",
                               result)
     return result
-
-
-def _ref(problem, rundir):
-    from autocompress.search import reference_point
-    return reference_point(problem, rundir.baseline)
 
 
 def compress(model: nn.Module, config: CompressionConfig | str | Path, *, data: DataBundle | None = None,
