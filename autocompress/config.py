@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autocompress._errors import UserError
 from autocompress.graph import LayerTable
 
-__all__ = ["LayerConfig", "CompressionConfig", "ResolvedConfig", "resolve", "kept_channels",
-           "FLOAT_BITS", "SUPPORTED_BITS"]
+__all__ = ["LayerConfig", "ArchConfig", "CompressionConfig", "ResolvedConfig", "resolve", "kept_channels",
+           "factor_rank", "FLOAT_BITS", "SUPPORTED_BITS"]
 
 FORMAT = "autocompress.CompressionConfig"
-VERSION = 1
+VERSION = 2  # 2: per-layer rank, arch (width, dropped blocks)
 FLOAT_BITS = 32
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8, 16)
 
@@ -33,6 +33,8 @@ class LayerConfig(BaseModel):
     prune: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of output channels removed")
     wbits: int | None = Field(None, description="weight bits; None keeps float weights")
     abits: int | None = Field(None, description="input activation bits; None keeps float")
+    rank: float | None = Field(None, gt=0.0, le=1.0, description="low-rank factorisation: kept fraction of the "
+                               "layer's full rank (after pruning); None keeps the layer whole")
 
     @field_validator("wbits", "abits")
     @classmethod
@@ -40,6 +42,15 @@ class LayerConfig(BaseModel):
         if v is not None and v not in SUPPORTED_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, not {v}")
         return v
+
+
+class ArchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: float = Field(1.0, gt=0.0, le=1.0, description="width multiplier: every channel group keeps this "
+                         "fraction of what its pruning ratio leaves")
+    drop: list[str] = Field(default_factory=list, description="residual blocks replaced by their skip "
+                            "connection (input and output shapes must match)")
 
 
 class CompressionConfig(BaseModel):
@@ -54,6 +65,7 @@ class CompressionConfig(BaseModel):
     format: Literal["autocompress.CompressionConfig"] = FORMAT
     version: int = VERSION
     layers: dict[str, LayerConfig] = Field(default_factory=dict)
+    arch: ArchConfig = Field(default_factory=ArchConfig)
     channel_multiple: int = Field(1, ge=1, description="kept channel counts are multiples of this")
     importance: Literal["l2", "l1"] = "l2"
     meta: dict = Field(default_factory=dict, description="where it came from (model, target, trial)")
@@ -126,9 +138,20 @@ def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
     return int(min(channels, max(min(multiple, channels), keep)))
 
 
+def factor_rank(ratio: float, out_channels: int, in_per_group: int, kernel_area: int) -> int:
+    """Rank kept by a low-rank factorisation: round(ratio x full rank), at least 1, where the
+    full rank of the (out, in x kernel) weight matrix is the smaller of its two sides."""
+    return max(1, math.floor(ratio * min(out_channels, in_per_group * kernel_area) + 0.5))
+
+
 @dataclass(frozen=True)
 class ResolvedConfig:
-    """A config laid over a LayerTable: per-layer compressed shapes and bits, as arrays."""
+    """A config laid over a LayerTable: per-layer compressed shapes and bits, as arrays.
+
+    A factorised layer (rank > 0) is two layers, k x k to ``rank`` channels then 1 x 1 to the
+    outputs; its MACs and parameters are those of the pair. A layer of a dropped block is
+    absent (present = False, no MACs, no parameters).
+    """
 
     names: list[str]
     in_channels: np.ndarray
@@ -139,21 +162,23 @@ class ResolvedConfig:
     bias_params: np.ndarray
     wbits: np.ndarray  # FLOAT_BITS where unquantised
     abits: np.ndarray
+    rank: np.ndarray  # 0 where the layer is not factorised
+    present: np.ndarray  # False where the layer's block is dropped
     kept: dict[str, int]  # channel group -> channels kept
-    extra_params: int  # batch norm and other non-layer parameters left
+    extra_params: int | np.ndarray  # batch norm and other non-layer parameters left
 
     @property
     def params(self) -> int:
-        return int(self.weight_params.sum() + self.bias_params.sum()) + self.extra_params
+        return int(self.weight_params.sum() + self.bias_params.sum()) + int(self.extra_params)
 
     @property
     def size_bytes(self) -> int:
-        """Weights at their bit-widths, one fp32 scale per output channel of a quantised layer,
-        biases and every other parameter in fp32."""
-        quant = self.wbits < FLOAT_BITS
+        """Weights at their bit-widths, one fp32 scale per output channel of a quantised layer
+        (of each factor of a factorised one), biases and every other parameter in fp32."""
+        quant = (self.wbits < FLOAT_BITS) & self.present
         weight_bits = int((self.weight_params * self.wbits).sum())
-        scales = int((self.out_channels * quant).sum())
-        return math.ceil(weight_bits / 8) + 4 * (scales + int(self.bias_params.sum()) + self.extra_params)
+        scales = int(((self.out_channels + self.rank) * quant).sum())
+        return math.ceil(weight_bits / 8) + 4 * (scales + int(self.bias_params.sum()) + int(self.extra_params))
 
 
 def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, float]:
@@ -164,6 +189,8 @@ def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, floa
             close = difflib.get_close_matches(name, table.names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"config names layer {name!r}, which the model does not have{hint}")
+        if lc.rank is not None and table[name].groups > 1:
+            raise UserError(f"layer {name!r} is a grouped or depthwise convolution: it has no rank to cut")
         if lc.prune <= 0:
             continue
         layer_groups = table[name].out_groups
@@ -179,6 +206,24 @@ def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, floa
     return {g: r for g, (r, _) in ratios.items()}
 
 
+def effective_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, float]:
+    """Pruning ratio per channel group with the width multiplier folded in."""
+    ratios = group_ratios(table, config)
+    w = config.arch.width
+    if w >= 1.0:
+        return ratios
+    return {g: 1.0 - (1.0 - ratios.get(g, 0.0)) * w for g in table.groups}
+
+
+def check_blocks(table: LayerTable, config: CompressionConfig) -> list[str]:
+    for name in config.arch.drop:
+        if name not in table.blocks:
+            droppable = ", ".join(table.blocks) or "none"
+            raise UserError(f"config drops block {name!r}, which is not a residual block with matching "
+                            f"input and output shapes in this model (droppable: {droppable})")
+    return config.arch.drop
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Per-table arrays that make :func:`resolve` a few vector operations."""
@@ -187,6 +232,8 @@ class _Plan:
     group_names: list[str]
     group_channels: np.ndarray
     group_extra: np.ndarray
+    block_layers: dict[str, np.ndarray]  # block -> mask of its layers
+    block_extra: dict[str, np.ndarray]  # block -> per-group extra parameters per channel inside it
     out_inc: np.ndarray  # layers x groups: 1 where the group's channels are the layer's outputs
     in_inc: np.ndarray
     out_fixed: np.ndarray  # channels of layers without groups (else 0)
@@ -194,7 +241,7 @@ class _Plan:
     in_per_channel: np.ndarray
     depthwise: np.ndarray
     groups: np.ndarray
-    spatial_kernel: np.ndarray  # output positions x kernel area
+    spatial: np.ndarray  # output positions
     kernel: np.ndarray
     has_bias: np.ndarray
 
@@ -213,17 +260,23 @@ def _plan(table: LayerTable) -> _Plan:
         for g in layer.in_groups:
             in_inc[i, gidx[g]] = 1
     L = table.layers
+    block_layers, block_extra = {}, {}
+    for b in table.blocks.values():
+        block_layers[b.name] = np.array([x.name in b.layers for x in L])
+        block_extra[b.name] = np.array([sum(n for m, n in table.groups[g].extra_modules if m.startswith(b.name + "."))
+                                        for g in gnames], dtype=np.int64)
     plan = _Plan(
         index={layer.name: i for i, layer in enumerate(L)}, group_names=gnames,
         group_channels=np.array([table.groups[g].channels for g in gnames], dtype=np.float64),
         group_extra=np.array([table.groups[g].extra_params_per_channel for g in gnames], dtype=np.int64),
+        block_layers=block_layers, block_extra=block_extra,
         out_inc=out_inc, in_inc=in_inc,
         out_fixed=np.array([0 if x.out_groups else x.out_channels for x in L], dtype=np.int64),
         in_fixed=np.array([0 if x.in_groups else x.in_channels for x in L], dtype=np.int64),
         in_per_channel=np.array([x.in_per_channel for x in L], dtype=np.int64),
         depthwise=np.array([x.depthwise for x in L]),
         groups=np.array([x.groups for x in L], dtype=np.int64),
-        spatial_kernel=np.array([x.spatial * x.kernel[0] * x.kernel[1] for x in L], dtype=np.int64),
+        spatial=np.array([x.spatial for x in L], dtype=np.int64),
         kernel=np.array([x.kernel[0] * x.kernel[1] for x in L], dtype=np.int64),
         has_bias=np.array([x.bias_params > 0 for x in L]),
     )
@@ -231,57 +284,65 @@ def _plan(table: LayerTable) -> _Plan:
     return plan
 
 
-def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
-    """Compressed shapes, parameters, MACs and bits of every layer, from the table and config."""
-    plan = _plan(table)
-    ratios = group_ratios(table, config)
-    kept_arr = plan.group_channels.copy()
-    for g, r in ratios.items():
+def _fill(plan: _Plan, table: LayerTable, config: CompressionConfig, kept, wbits, abits, rank, present, extra):
+    """Write one config's kept channels, bits, rank ratios and dropped layers into row arrays."""
+    for g, r in effective_ratios(table, config).items():
         i = plan.group_names.index(g)
-        kept_arr[i] = kept_channels(int(plan.group_channels[i]), r, config.channel_multiple)
-    kept = dict(zip(plan.group_names, kept_arr.astype(int).tolist()))
-    cout = (plan.out_inc @ kept_arr).astype(np.int64) + plan.out_fixed
-    cin = (plan.in_inc @ kept_arr).astype(np.int64) * plan.in_per_channel + plan.in_fixed
-    groups = np.where(plan.depthwise, cout, plan.groups)
-    per_group_in = cin // groups
-    macs = plan.spatial_kernel * cout * per_group_in
-    wparams = cout * per_group_in * plan.kernel
-    bparams = np.where(plan.has_bias, cout, 0)
-    n = len(plan.index)
-    wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
+        kept[i] = kept_channels(int(plan.group_channels[i]), r, config.channel_multiple)
     for name, lc in config.layers.items():
         i = plan.index[name]
         if lc.wbits:
             wbits[i] = lc.wbits
         if lc.abits:
             abits[i] = lc.abits
-    extra = table.other_params + int((kept_arr.astype(np.int64) * plan.group_extra).sum())
-    return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, kept, extra)
+        if lc.rank is not None:
+            rank[i] = lc.rank
+    for b in check_blocks(table, config):
+        present &= ~plan.block_layers[b]
+        extra -= plan.block_extra[b]
+
+
+def _shapes(plan: _Plan, table: LayerTable, kept, wbits, abits, rank_ratio, present, group_extra):
+    """Compressed shapes, MACs and parameters from kept channels; arrays have a config axis."""
+    cout = (kept @ plan.out_inc.T).astype(np.int64) + plan.out_fixed
+    cin = (kept @ plan.in_inc.T).astype(np.int64) * plan.in_per_channel + plan.in_fixed
+    groups = np.where(plan.depthwise, cout, plan.groups)
+    k_in = cin // groups * plan.kernel  # GEMM depth
+    full = np.minimum(cout, k_in)
+    rank = np.where(rank_ratio > 0, np.maximum(1, np.floor(rank_ratio * full + 0.5)), 0).astype(np.int64)
+    wparams = np.where(rank > 0, rank * (k_in + cout), cout * k_in) * present
+    macs = plan.spatial * wparams
+    bparams = np.where(plan.has_bias & present, cout, 0)
+    extra = table.other_params + (kept.astype(np.int64) * group_extra).sum(axis=-1)
+    return cin, cout, groups, macs, wparams, bparams, rank, extra
+
+
+def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
+    """Compressed shapes, parameters, MACs and bits of every layer, from the table and config."""
+    plan = _plan(table)
+    n = len(plan.index)
+    kept = plan.group_channels.copy()
+    wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
+    rank, present, gextra = np.zeros(n), np.ones(n, dtype=bool), plan.group_extra.copy()
+    _fill(plan, table, config, kept, wbits, abits, rank, present, gextra)
+    cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, wbits, abits, rank,
+                                                                     present, gextra)
+    kept_map = dict(zip(plan.group_names, kept.astype(int).tolist()))
+    return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
+                          kept_map, int(extra))
 
 
 def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> ResolvedConfig:
     """:func:`resolve` for many configs at once: every array gets a leading config axis."""
     plan = _plan(table)
     n, L = len(configs), len(plan.index)
-    gpos = {g: i for i, g in enumerate(plan.group_names)}
     kept = np.tile(plan.group_channels, (n, 1))
     wbits, abits = np.full((n, L), FLOAT_BITS, dtype=np.int64), np.full((n, L), FLOAT_BITS, dtype=np.int64)
+    rank, present = np.zeros((n, L)), np.ones((n, L), dtype=bool)
+    gextra = np.tile(plan.group_extra, (n, 1))
     for row, config in enumerate(configs):
-        for g, r in group_ratios(table, config).items():
-            i = gpos[g]
-            kept[row, i] = kept_channels(int(plan.group_channels[i]), r, config.channel_multiple)
-        for name, lc in config.layers.items():
-            i = plan.index[name]
-            if lc.wbits:
-                wbits[row, i] = lc.wbits
-            if lc.abits:
-                abits[row, i] = lc.abits
-    cout = (kept @ plan.out_inc.T).astype(np.int64) + plan.out_fixed
-    cin = (kept @ plan.in_inc.T).astype(np.int64) * plan.in_per_channel + plan.in_fixed
-    groups = np.where(plan.depthwise, cout, plan.groups)
-    per_group_in = cin // groups
-    macs = plan.spatial_kernel * cout * per_group_in
-    wparams = cout * per_group_in * plan.kernel
-    bparams = np.where(plan.has_bias, cout, 0)
-    extra = table.other_params + (kept.astype(np.int64) * plan.group_extra).sum(axis=1)
-    return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, {}, extra)
+        _fill(plan, table, config, kept[row], wbits[row], abits[row], rank[row], present[row], gextra[row])
+    cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, wbits, abits, rank,
+                                                                     present, gextra)
+    return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
+                          {}, extra)

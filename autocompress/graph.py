@@ -16,7 +16,7 @@ from torch import nn
 
 from autocompress._errors import UserError
 
-__all__ = ["Layer", "ChannelGroup", "LayerTable", "trace"]
+__all__ = ["Layer", "ChannelGroup", "Block", "LayerTable", "trace", "droppable"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,17 @@ class ChannelGroup:
     producers: tuple[str, ...]  # layers whose output channels are these
     consumers: tuple[str, ...]  # layers that read them
     extra_params_per_channel: int = 0  # e.g. batch-norm weight and bias
+    extra_modules: tuple[tuple[str, int], ...] = ()  # (module, parameters per channel) making up the above
+
+
+@dataclass(frozen=True)
+class Block:
+    """A residual block whose input and output shapes match: the depth knob may drop it (the
+    block becomes the identity, its skip connection alone is left)."""
+
+    name: str
+    layers: tuple[str, ...]  # conv / linear layers inside it
+    params: int  # every parameter inside it
 
 
 @dataclass
@@ -73,6 +84,7 @@ class LayerTable:
     total_params: int  # every parameter of the model, not only conv / linear
     other_params: int = 0  # parameters outside conv / linear layers and outside any group
     notes: list[str] = field(default_factory=list)
+    blocks: dict[str, Block] = field(default_factory=dict)  # droppable residual blocks
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
@@ -122,6 +134,7 @@ def _channel_groups(model: nn.Module, example: torch.Tensor, names: dict[nn.Modu
     """
     import torch_pruning as tp
 
+    all_names = {m: n for n, m in model.named_modules()}
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     groups: dict[str, ChannelGroup] = {}
     out_groups: dict[str, list[str]] = {}
@@ -136,7 +149,7 @@ def _channel_groups(model: nn.Module, example: torch.Tensor, names: dict[nn.Modu
             continue
         fn = tp.prune_conv_out_channels if isinstance(mod, nn.Conv2d) else tp.prune_linear_out_channels
         g = dg.get_pruning_group(mod, fn, idxs=list(range(_out_channels(mod))))
-        producers, consumers, extra = {}, set(), 0.0
+        producers, consumers, extra, extra_modules = {}, set(), 0.0, []
         for dep, idxs in g:
             target = dep.target.module
             is_out = "out_channels" in str(dep.handler)
@@ -148,7 +161,9 @@ def _channel_groups(model: nn.Module, example: torch.Tensor, names: dict[nn.Modu
             elif is_out:
                 params = list(target.parameters(recurse=False))
                 if params:  # e.g. batch norm: its parameters per channel, for this group's channels
-                    extra += sum(p.numel() for p in params) / params[0].shape[0] * len(idxs)
+                    per_channel = sum(p.numel() for p in params) / params[0].shape[0]
+                    extra += per_channel * len(idxs)
+                    extra_modules.append((all_names.get(target, ""), round(per_channel * len(idxs))))
         done.update(producers)
         if not producers or names[output_layer] in producers:
             continue  # channels that are (or are added to) the model's outputs stay
@@ -156,7 +171,8 @@ def _channel_groups(model: nn.Module, example: torch.Tensor, names: dict[nn.Modu
         channels = producers[lead]
         covered += extra
         groups[lead] = ChannelGroup(lead, channels, tuple(sorted(producers, key=order.__getitem__)),
-                                    tuple(sorted(consumers, key=order.__getitem__)), round(extra / channels))
+                                    tuple(sorted(consumers, key=order.__getitem__)), round(extra / channels),
+                                    tuple((m, round(n / channels)) for m, n in extra_modules))
         for p in producers:
             out_groups.setdefault(p, []).append(lead)
         for c in consumers:
@@ -176,6 +192,19 @@ def _ordered(names: list[str], channels: int, groups: dict[str, ChannelGroup]) -
     return ()
 
 
+def droppable(module: nn.Module) -> bool:
+    """A residual block that can become the identity: torchvision-style ResNet blocks without a
+    downsample, MobileNetV2 inverted residuals with their skip connection, or any module that
+    says so with ``autocompress_droppable = True`` (its input and output shapes must match)."""
+    flag = getattr(module, "autocompress_droppable", None)
+    if flag is not None:
+        return bool(flag)
+    kind = type(module).__name__
+    if kind in ("BasicBlock", "Bottleneck"):
+        return getattr(module, "downsample", "missing") is None
+    return kind == "InvertedResidual" and getattr(module, "use_res_connect", False) is True
+
+
 def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
     """Trace ``model`` on ``example`` (a batch of one) and build its LayerTable."""
     if example.shape[0] != 1:
@@ -186,7 +215,12 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
     order: list[nn.Module] = []
     handles = []
     names = {}
+    block_shapes: dict[str, tuple] = {}
     for name, mod in model.named_modules():
+        if name and droppable(mod):
+            def block_hook(m, inputs, output, name=name):
+                block_shapes.setdefault(name, (tuple(inputs[0].shape), tuple(output.shape)))
+            handles.append(mod.register_forward_hook(block_hook))
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             names[mod] = name
 
@@ -244,5 +278,11 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
     unused = [n for n in names.values() if n not in records]
     if unused:
         notes.append(f"{len(unused)} layer(s) not reached by the forward pass: {', '.join(unused[:5])}")
+    modules = dict(model.named_modules())
+    blocks = {}
+    for name, (shape_in, shape_out) in block_shapes.items():
+        inside = tuple(n for n in records if n.startswith(name + "."))
+        if shape_in == shape_out and inside:
+            blocks[name] = Block(name, inside, sum(p.numel() for p in modules[name].parameters()))
     return LayerTable(layers, groups, tuple(example.shape[1:]), total,
-                      other_params=total - layer_params - covered, notes=notes)
+                      other_params=total - layer_params - covered, notes=notes, blocks=blocks)

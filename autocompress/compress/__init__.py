@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autocompress.compress.arch import drop_blocks
+from autocompress.compress.lowrank import factorize, factorize_layers
 from autocompress.compress.prune import prune_channels
 from autocompress.compress.quantize import attach_activation_quantizers, quantize_weights
 from autocompress.compress.recover import recalibrate_batchnorm, train
@@ -14,7 +16,8 @@ from autocompress.config import FLOAT_BITS, CompressionConfig
 from autocompress.data import DataBundle, batches
 from autocompress.graph import LayerTable
 
-__all__ = ["Recovery", "apply", "prune_channels", "quantize_weights"]
+__all__ = ["Recovery", "apply", "drop_blocks", "prune_channels", "factorize", "factorize_layers",
+           "quantize_weights"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +34,22 @@ class Recovery:
 
 def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
           data: DataBundle | None = None, recovery: Recovery = Recovery(), seed: int = 0) -> nn.Module:
-    """Return a compressed copy of ``model``: pruned, recovered, then quantised.
+    """Return a compressed copy of ``model``: made shallower, pruned, factorised, recovered,
+    then quantised.
 
-    Order: prune channels -> re-estimate BN -> fine-tune with distillation (float) ->
-    quantise weights -> re-estimate BN -> calibrate activation ranges. Deterministic for a
-    given model, config, data and seed.
+    Order: drop blocks -> prune channels (width included) -> factorise -> re-estimate BN ->
+    fine-tune with distillation (float) -> quantise weights -> re-estimate BN -> calibrate
+    activation ranges. Deterministic for a given model, config, data and seed.
     """
     torch.manual_seed(seed)
     compressed = copy.deepcopy(model).eval()
     example = torch.zeros((1, *table.input_shape))
+    drop_blocks(compressed, table, config)
     prune_channels(compressed, table, config, example)
-    pruned = any(lc.prune > 0 for lc in config.layers.values())
-    if data is not None and pruned and recovery.bn_batches:
+    factorize_layers(compressed, config)
+    changed = (config.arch.drop or config.arch.width < 1
+               or any(lc.prune > 0 or lc.rank is not None for lc in config.layers.values()))
+    if data is not None and changed and recovery.bn_batches:
         recalibrate_batchnorm(compressed, data, batches_=recovery.bn_batches,
                               batch_size=recovery.batch_size, seed=seed)
     if data is not None and recovery.finetune_steps > 0:

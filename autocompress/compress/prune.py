@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.config import CompressionConfig, group_ratios, kept_channels
+from autocompress.config import CompressionConfig, effective_ratios, kept_channels
 from autocompress.graph import LayerTable
 
 
@@ -18,16 +18,19 @@ def prune_channels(model: nn.Module, table: LayerTable, config: CompressionConfi
     """Prune ``model`` in place as ``config`` says; returns it."""
     import torch_pruning as tp
 
-    ratios = group_ratios(table, config)
+    ratios = effective_ratios(table, config)
     if not ratios:
         return model
-    modules = dict(model.named_modules())
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False)
     importance = tp.importance.GroupMagnitudeImportance(p=2 if config.importance == "l2" else 1)
     for group_name in table.groups:  # a fixed order, so the result is reproducible
         if group_name not in ratios:
             continue
-        lead = modules[group_name]
+        present = [p for p in table.groups[group_name].producers if p in modules]
+        if not present:  # every producer sits in a dropped block
+            continue
+        lead = modules[present[0]]
         channels = table.groups[group_name].channels
         keep = kept_channels(channels, ratios[group_name], config.channel_multiple)
         if keep >= channels:

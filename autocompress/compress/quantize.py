@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autocompress.compress.lowrank import compute_layers
 from autocompress.config import FLOAT_BITS
 
 
@@ -48,22 +49,21 @@ class ActQuant(nn.Module):
 
 
 def quantize_weights(model: nn.Module, wbits: dict[str, int]) -> None:
-    modules = dict(model.named_modules())
     for name, bits in wbits.items():
         if bits < FLOAT_BITS:
-            quantize_weight_(modules[name].weight, bits)
+            for layer in compute_layers(model, name):  # both factors of a factorised layer
+                quantize_weight_(layer.weight, bits)
 
 
 def attach_activation_quantizers(model: nn.Module, abits: dict[str, int]) -> list[ActQuant]:
     """Put an ActQuant on the input of every layer with abits < 32; they start observing."""
-    modules = dict(model.named_modules())
     quantizers = []
     for name, bits in abits.items():
         if bits >= FLOAT_BITS:
             continue
-        q = ActQuant(bits)
-        layer = modules[name]
-        layer.add_module("input_quant", q)
-        layer.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]),) + tuple(args[1:]))
-        quantizers.append(q)
+        for layer in compute_layers(model, name):  # a factorised layer's middle is quantised too
+            q = ActQuant(bits)
+            layer.add_module("input_quant", q)
+            layer.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]),) + tuple(args[1:]))
+            quantizers.append(q)
     return quantizers

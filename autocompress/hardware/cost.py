@@ -1,7 +1,9 @@
 """Analytic cost model: latency and energy of a config on a HardwareProfile.
 
 Every conv / linear layer is a GEMM (im2col): M = output positions x batch, K = input channels
-per group x kernel area, N = output channels per group, once per group.
+per group x kernel area, N = output channels per group, once per group. A factorised layer is
+two GEMMs (K x rank, then rank x N) with its rank-wide middle written and read back; a layer of
+a dropped block costs nothing.
 
 * systolic_array (weight stationary, the formulation SCALE-Sim uses): the array holds a
   rows x cols weight tile; folds = groups x ceil(K / rows) x ceil(N / cols); each fold streams
@@ -109,29 +111,47 @@ class CostModel:
         return Cost(float(latency.sum()), float(energy.sum()), self.profile.origin, parts)
 
     def _layers(self, r: ResolvedConfig, detail: bool = False):
-        """Per-layer latency and energy; arrays may carry a leading config axis."""
+        """Per-layer latency and energy; arrays may carry a leading config axis.
+
+        Every layer is costed as two GEMMs side by side (the last axis is 2 x layers): the
+        layer itself, or the first factor of a factorised layer, then the second factor (empty
+        unless factorised). A layer's figures are the sum of its two.
+        """
         p = self.profile
+        L = len(self.table)
         wb, ab = r.wbits, r.abits
         if not self.has_float:  # an unquantised layer runs at the device's reference precision
             wb = np.where(wb >= FLOAT_BITS, self.ref_bits[0], wb)
             ab = np.where(ab >= FLOAT_BITS, self.ref_bits[1], ab)
-        rate = self._rate[wb, ab]
+        pair = lambda a, b: np.concatenate([a, b], axis=-1)  # noqa: E731
+        rate = pair(self._rate[wb, ab], self._rate[wb, ab])
         w_native = self._w_native[wb, ab]
         w_store = np.minimum(wb, w_native) if p.packed_weight_storage else w_native
+        a_byte = self._a_native[wb, ab] * (self.batch / 8)
 
         g = r.groups
         k = (r.in_channels // g) * self.kernel
         n = r.out_channels // g
+        rank = r.rank
+        factorised = rank > 0
+        present = pair(r.present, r.present & factorised)
+        first_n = np.where(factorised, rank, n)
+        macs = pair(self.spatial * g * k * first_n, self.spatial * rank * n) * present * self.batch
         if self.systolic:
-            folds = g * -(-k // self.rows) * -(-n // self.cols)
-            cycles = folds * (self.stream + self.fill_drain) / rate
+            folds = pair(g * -(-k // self.rows) * -(-first_n // self.cols), -(-rank // self.rows) * -(-n // self.cols))
+            cycles = folds * (pair(self.stream, self.stream) + self.fill_drain) / rate
         else:
-            cycles = r.macs * (self.batch / self.peak) / rate
+            cycles = macs / self.peak / rate
         compute_s = cycles / p.clock_hz
 
-        weight_bytes = r.weight_params * w_store / 8 + r.bias_params * 4
-        act_bytes = (self.in_elems_per_ch * r.in_channels + self.out_elems_per_ch * r.out_channels) \
-            * (self._a_native[wb, ab] * self.batch / 8)
+        bias = r.bias_params * 4
+        first_weights = r.weight_params - rank * n
+        weight_bytes = pair(first_weights * w_store / 8 + np.where(factorised, 0, bias),
+                            rank * n * w_store / 8 + np.where(factorised, bias, 0)) * present
+        in_elems, out_elems = self.in_elems_per_ch * r.in_channels, self.out_elems_per_ch * r.out_channels
+        middle = self.out_elems_per_ch * rank
+        act_bytes = pair((in_elems + np.where(factorised, middle, out_elems)) * a_byte,
+                         (middle + out_elems) * a_byte) * present
         # bytes per memory level: weights where they fit, activations on chip unless they spill
         total_weights = weight_bytes.sum(axis=-1, keepdims=True)
         per_level: dict = {}
@@ -151,22 +171,27 @@ class CostModel:
             per_level[self.act_level] = per_level.get(self.act_level, 0) + act_bytes
         memory_s = np.maximum.reduce([b / self.bandwidth[i] for i, b in per_level.items()])
         memory_j = sum(b * self.e_byte[i] for i, b in per_level.items() if self.e_byte[i])
-        latency = np.maximum(compute_s, memory_s) + self.overhead_s
-        macs = r.macs * self.batch
-        util = macs / (self.peak * p.clock_hz * rate * latency)
+        latency = (np.maximum(compute_s, memory_s) + self.overhead_s) * present
+        util = np.divide(macs, self.peak * p.clock_hz * rate * latency, out=np.zeros_like(latency),
+                         where=latency > 0)
         if p.energy_model == "power":
             energy = latency * (p.power.idle_w + util * (p.power.busy_w - p.power.idle_w)) + memory_j
         else:
-            energy = macs * self._e_mac[wb, ab] * 1e-12 + memory_j + latency * p.power.idle_w
+            energy = macs * pair(self._e_mac[wb, ab], self._e_mac[wb, ab]) * 1e-12 + memory_j + latency * p.power.idle_w
         energy = energy / self.batch
+        layer = lambda a: a[..., :L] + a[..., L:]  # noqa: E731  - the layer's two GEMMs together
         layers = None
         if detail:
+            latency_l = layer(latency)
             layers = {
                 "macs": r.macs, "params": r.weight_params + r.bias_params,
-                "wbits": wb, "abits": ab, "cycles": cycles,
-                "compute_ms": compute_s * 1e3, "memory_ms": memory_s * 1e3, "latency_ms": latency * 1e3,
-                "energy_mj": energy * 1e3, "utilization": util,
-                "bound": np.where(compute_s >= memory_s, "compute", "memory"),
-                "weight_bytes": weight_bytes,
+                "wbits": wb, "abits": ab, "rank": rank, "cycles": layer(cycles * present),
+                "compute_ms": layer(compute_s * present) * 1e3, "memory_ms": layer(memory_s * present) * 1e3,
+                "latency_ms": latency_l * 1e3, "energy_mj": layer(energy) * 1e3,
+                "utilization": np.divide(layer(macs), self.peak * p.clock_hz * rate[..., :L] * latency_l,
+                                         out=np.zeros_like(latency_l), where=latency_l > 0),
+                "bound": np.where(~r.present, "dropped",
+                                  np.where(layer(compute_s * present) >= layer(memory_s * present), "compute", "memory")),
+                "weight_bytes": layer(weight_bytes),
             }
-        return latency, energy, layers
+        return layer(latency), layer(energy), layers
