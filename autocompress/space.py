@@ -6,11 +6,22 @@ A space is a YAML file (search_spaces/*.yaml or a path) with rules::
     exclude: [last]                 # glob patterns of layer names; 'first' / 'last' = the first
                                     # and last layer the forward pass runs (stem, classifier)
     knobs:
-      - knob: prune                 # prune | wbits | abits
+      - knob: prune                 # prune | wbits | abits | rank | width | drop
         per: group                  # group (channel group) | layer | all (one value for all matched)
         layers: ["layer*"]          # glob patterns (default: every layer)
         exclude: [first]            # more exclusions for this rule
         choices: [0.0, 0.25, 0.5]   # or range: [0.0, 0.6] with step: 0.05
+      - knob: rank                  # low-rank factorisation: kept fraction of the full rank;
+        per: layer                  # 1.0 keeps the layer whole (grouped convs are skipped)
+        layers: ["layer4.*"]
+        choices: [0.25, 0.5, 1.0]
+      - knob: width                 # width multiplier on every channel group (per: all)
+        per: all
+        choices: [0.75, 1.0]
+      - knob: drop                  # depth: 1 drops a residual block (per: block; `layers`
+        per: block                  # patterns match block names, e.g. "layer*")
+        layers: ["layer3.*", "layer4.*"]
+        choices: [0, 1]
 
 Laid over a model's LayerTable the space becomes a flat list of :class:`Param` (what samplers
 see) and :meth:`BoundSpace.config` turns one assignment of them into a CompressionConfig.
@@ -35,8 +46,8 @@ __all__ = ["SearchSpace", "BoundSpace", "Param", "load_space", "list_spaces"]
 class KnobRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    knob: Literal["prune", "wbits", "abits"]
-    per: Literal["group", "layer", "all"] = "layer"
+    knob: Literal["prune", "wbits", "abits", "rank", "width", "drop"]
+    per: Literal["group", "layer", "all", "block"] = "layer"
     layers: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     choices: list[float] | None = None
@@ -50,10 +61,16 @@ class KnobRule(BaseModel):
             raise ValueError("give exactly one of 'choices' or 'range'")
         if self.choices is not None and not self.choices:
             raise ValueError("'choices' is empty")
+        vals = self.choices if self.choices is not None else list(self.range)
         if self.knob == "prune":
-            vals = self.choices if self.choices is not None else list(self.range)
             if any(not 0 <= v < 1 for v in vals):
                 raise ValueError("pruning ratios must be in [0, 1)")
+        elif self.knob in ("rank", "width"):
+            if any(not 0 < v <= 1 for v in vals):
+                raise ValueError(f"{self.knob} ratios must be in (0, 1] (1 keeps the layer whole)")
+        elif self.knob == "drop":
+            if self.range is not None or any(v not in (0, 1) for v in vals):
+                raise ValueError("drop takes choices 0 (keep the block) and/or 1 (drop it)")
         else:
             if self.range is not None:
                 raise ValueError(f"{self.knob} takes 'choices' (bit-widths), not a range")
@@ -64,6 +81,10 @@ class KnobRule(BaseModel):
             raise ValueError(f"range {list(self.range)} is empty (low must be below high)")
         if self.per == "group" and self.knob != "prune":
             raise ValueError("per: group applies to the prune knob only")
+        if (self.per == "block") != (self.knob == "drop"):
+            raise ValueError("the drop knob is chosen per: block, and per: block is for the drop knob only")
+        if self.knob == "width" and self.per != "all":
+            raise ValueError("width is one multiplier for the whole model (per: all)")
         if self.knob == "prune" and self.per == "layer":
             raise ValueError("prune is chosen per channel group (per: group) or for all layers "
                              "(per: all): layers that share channels must share their ratio")
@@ -99,6 +120,12 @@ class Param:
         return self.choices is not None
 
 
+def _values(rule: KnobRule) -> dict:
+    if rule.choices is not None:
+        return dict(choices=tuple(rule.choices))
+    return dict(low=rule.range[0], high=rule.range[1], step=rule.step)
+
+
 def _match(name: str, patterns: list[str], table: LayerTable) -> bool:
     for p in patterns:
         if p == "first" and name == table.names[0] or p == "last" and name == table.names[-1]:
@@ -123,15 +150,25 @@ class BoundSpace:
         params: dict[str, Param] = {}
         for i, rule in enumerate(space.knobs):
             excluded = space.exclude + rule.exclude
+            if rule.knob == "width":
+                params["width"] = Param("width", "width", ("arch.width",), **_values(rule))
+                continue
+            if rule.knob == "drop":
+                for b in table.blocks:
+                    if any(fnmatch.fnmatchcase(b, p) for p in rule.layers) and \
+                            not any(fnmatch.fnmatchcase(b, p) for p in excluded):
+                        params[f"drop:{b}"] = Param(f"drop:{b}", "drop", (b,), **_values(rule))
+                continue
             layers = [n for n in table.names
                       if _match(n, rule.layers, table) and not _match(n, excluded, table)]
+            if rule.knob == "rank":  # grouped and depthwise convs have no rank to cut
+                layers = [n for n in layers if table[n].groups == 1]
             if rule.knob == "prune":  # a group is searched only if none of its producers is excluded
                 layers = [n for n in layers if table[n].out_groups and not any(
                     _match(p, excluded, table) for g in table[n].out_groups for p in table.groups[g].producers)]
             if not layers:
                 continue
-            values = dict(choices=tuple(rule.choices)) if rule.choices is not None else \
-                dict(low=rule.range[0], high=rule.range[1], step=rule.step)
+            values = _values(rule)
             if rule.per == "all":
                 label = rule.name or f"rule{i}"
                 units = [(f"{rule.knob}:{label}", tuple(layers))]
@@ -182,17 +219,29 @@ class BoundSpace:
     def config(self, values: dict[str, float], *, meta: dict | None = None) -> CompressionConfig:
         """The CompressionConfig for one assignment; missing params take their first value."""
         layers: dict[str, dict] = {}
+        arch: dict = {"width": 1.0, "drop": []}
         for p in self.params:
             v = values.get(p.name, p.choices[0] if p.categorical else p.low)
+            if p.knob == "width":
+                arch["width"] = float(v)
+                continue
+            if p.knob == "drop":
+                if v >= 0.5:
+                    arch["drop"].append(p.layers[0])
+                continue
+            if p.knob == "rank" and v >= 1.0:  # full rank: the layer stays whole
+                continue
             targets = p.layers
             if p.knob == "prune":  # a group param names its lead layer; record the ratio there
                 targets = tuple(self.table.groups[g].name if g in self.table.groups else g for g in p.layers)
+                v = float(v)
+            elif p.knob == "rank":
                 v = float(v)
             else:
                 v = int(v)
             for layer in targets:
                 layers.setdefault(layer, {})[p.knob] = v
-        return CompressionConfig(layers={k: LayerConfig(**v) for k, v in layers.items()},
+        return CompressionConfig(layers={k: LayerConfig(**v) for k, v in layers.items()}, arch=arch,
                                  channel_multiple=self.channel_multiple, meta=meta or {})
 
 

@@ -145,3 +145,27 @@ def test_cost_of_a_config_equals_the_cost_of_the_model_it_builds(built_pair, tar
     assert modeled.energy_j == pytest.approx(actual.energy_j, rel=1e-9)
     whole = CostModel(table, profile).cost(CompressionConfig())
     assert modeled.energy_j < whole.energy_j
+
+
+@pytest.mark.parametrize("model, space", [("resnet18", "resnet_full"), ("mobilenet_v2", "mobilenet_v2_full")])
+def test_full_spaces_turn_every_knob_into_a_model(model, space):
+    from autocompress.space import load_space
+
+    net, _ = build_model(model, num_classes=10, input_shape=SHAPE, width_mult=0.25)
+    table = trace(net, torch.zeros(1, *SHAPE))
+    bound = load_space(space).bind(table)
+    knobs = {p.knob for p in bound.params}
+    assert {"rank", "drop", "width"} <= knobs or model != "resnet18"
+    assert {"drop", "width"} <= knobs
+    assert all(table[layer].groups == 1 for p in bound.params if p.knob == "rank" for layer in p.layers)
+    last = {p.name: (p.choices[-1] if p.knob != "drop" else 1) for p in bound.params}
+    config = bound.config({**{p.name: p.choices[0] for p in bound.params}, **{
+        k: v for k, v in last.items() if k.startswith(("drop:", "width"))}})
+    assert sorted(config.arch.drop) == sorted(p.layers[0] for p in bound.params if p.knob == "drop")
+    assert config.arch.width == 1.0
+    whole = bound.config({p.name: (1.0 if p.knob == "rank" else p.choices[0]) for p in bound.params})
+    assert all(lc.rank is None for lc in whole.layers.values())  # rank 1 keeps the layer whole
+    weights_only = config.model_copy(update={"layers": {k: v.model_copy(update={"abits": None})
+                                                        for k, v in config.layers.items()}})
+    built = apply(net, table, weights_only)  # activation ranges would need calibration data
+    assert resolve(table, config).params == _compute_params(built)
