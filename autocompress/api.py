@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -201,14 +201,16 @@ def resume_arguments(run_dir: str | Path) -> dict:
                 weights=inp.get("weights"), space=SearchSpace.model_validate(old["space"]),
                 objectives=s["objectives"], constraints=Constraints(**s["constraints"]), trials=s["trials"],
                 algorithm=s["algorithm"], seed=s["seed"], recovery=Recovery(**old["recovery"]),
-                metric=old["metric"], val_samples=inp.get("val_samples"), normalize=inp.get("normalize", "auto"))
+                metric=old["metric"], val_samples=inp.get("val_samples"), normalize=inp.get("normalize", "auto"),
+                clip_range=s.get("clip_range"))
 
 
 def _fingerprint(prep: Prepared, space: BoundSpace, search_: SearchSettings, recovery: Recovery, metric: str) -> str:
     blob = json.dumps({"inputs": {k: v for k, v in prep.inputs.items() if k != "weights"},
                        "params": [p.name for p in space.params], "objectives": search_.objectives,
                        "constraints": asdict(search_.constraints), "recovery": asdict(recovery),
-                       "metric": metric, "algorithm": search_.algorithm, "seed": search_.seed},
+                       "metric": metric, "algorithm": search_.algorithm, "seed": search_.seed,
+                       "clip_range": search_.clip_range},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -219,7 +221,9 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            trials: int = 32, algorithm: str = "nsga2", seed: int = 0, weights: str | None = None,
            recovery: Recovery | None = None, metric: str = "top1", val_samples: int | None = None,
            normalize: str = "auto", input_shape=None, num_classes: int | None = None,
-           workers: int | None = None, cpus_per_trial: float | None = None, ray_address: str | None = None,
+           clip_range: tuple[float, float] | None = None,
+           workers: int | None = None, cpus_per_trial: float | None = None, gpus_per_trial: float = 0,
+           ray_address: str | None = None,
            out: str | Path | None = None, resume: str | Path | None = None,
            log: Callable[[str], None] = print, on_trial: Callable[[dict, list[dict]], None] | None = None,
            prepared: Prepared | None = None, raise_if_infeasible: bool = True) -> SearchResult:
@@ -244,8 +248,9 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     if metric not in ("top1", "top5", "macro_f1"):
         raise UserError(f"unknown metric {metric!r}; valid: top1, top5, macro_f1")
     search_ = SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objectives,
-                             constraints=constraints)
-    run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, ray_address=ray_address)
+                             constraints=constraints, clip_range=clip_range)
+    run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                       ray_address=ray_address)
     recovery = recovery or Recovery()
     if resume is not None:
         rundir = RunDirectory(resume)
@@ -254,7 +259,9 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     prep = prepared or prepare(model, data, target, weights=weights, train_data=train_data, val_data=val_data,
                                num_classes=num_classes, input_shape=input_shape, val_samples=val_samples,
                                normalize=normalize, log=log)
-    bound = prep.space(space)
+    bound = prep.space(space).restrict_bits(constraints.min_bits, constraints.max_bits)
+    if search_.clip_range is not None:
+        bound = replace(bound, clip_range=search_.clip_range)
     for note in bound.notes:
         log(f"note: {note}")
     evaluator = prep.evaluator(recovery, metric, seed)

@@ -64,12 +64,19 @@ def search(
     max_latency_ms: Optional[float] = typer.Option(None),
     min_energy_reduction: Optional[float] = typer.Option(None),
     min_sqnr_db: Optional[float] = typer.Option(None),
+    max_quant_error: Optional[float] = typer.Option(None, help="largest logits noise/signal power ratio, 10^(-SQNR/10)"),
+    max_bits: Optional[int] = typer.Option(None, help="upper bound on every weight's bit-width"),
+    min_bits: Optional[int] = typer.Option(None, help="lower bound on every weight's bit-width"),
+    clip_range: Optional[str] = typer.Option(None, help="quantisation range MIN,MAX: tensors are clipped to it "
+                                             "before quantising (write --clip-range=-4,4)"),
     metric: str = typer.Option("top1", help="top1, top5 or macro_f1"),
     finetune_steps: int = typer.Option(0, help="fine-tuning steps (with distillation) per candidate"),
     val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed subset of the validation data"),
     normalize: str = typer.Option("auto", help="auto (training-set statistics), cifar10 or imagenet"),
     input_shape: Optional[str] = typer.Option(None, help="expected input shape, e.g. 3x32x32 (checked against the data)"),
     workers: Optional[int] = typer.Option(None, help="concurrent trials (default: free cores)"),
+    resources_per_trial: Optional[str] = typer.Option(None, help="e.g. cpu=2 or cpu=4,gpu=1 (Ray resources "
+                                                      "each trial reserves; default: the cores shared out)"),
     ray_address: Optional[str] = typer.Option(None, help="run the trials on an existing Ray cluster"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<target>-<time>)"),
     resume: Optional[Path] = typer.Option(None, help="continue a killed search from its run directory"),
@@ -87,20 +94,23 @@ def search(
         weights = Path(args["weights"]) if args["weights"] else None
         trials, algorithm, seed, metric = args["trials"], args["algorithm"], args["seed"], args["metric"]
         objectives = ",".join(args["objectives"])
-        c = args["constraints"]
-        max_acc_drop, max_size_mb, max_params, max_macs = c.max_acc_drop, c.max_size_mb, c.max_params, c.max_macs
-        max_latency_ms, min_energy_reduction, min_sqnr_db = c.max_latency_ms, c.min_energy_reduction, c.min_sqnr_db
+        constraints = args["constraints"]
+        clip = args["clip_range"]
         val_samples, normalize = args["val_samples"], args["normalize"]
         finetune_steps = args["recovery"].finetune_steps
+    else:
+        constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
+                                  max_macs=max_macs, max_latency_ms=max_latency_ms,
+                                  min_energy_reduction=min_energy_reduction, min_sqnr_db=min_sqnr_db,
+                                  max_quant_error=max_quant_error, max_bits=max_bits, min_bits=min_bits)
+        clip = _numbers(clip_range, "--clip-range", 2) if clip_range else None
+    cpus, gpus = _resources(resources_per_trial)
     from autocompress.hardware import load_profile
     from autocompress.space import SearchSpace, load_space
 
     load_profile(target)  # bad names and files fail now, not after the baseline is trained
     if space is not None and not isinstance(space, SearchSpace):
         load_space(space)
-    constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
-                              max_macs=max_macs, max_latency_ms=max_latency_ms,
-                              min_energy_reduction=min_energy_reduction, min_sqnr_db=min_sqnr_db)
     recovery = Recovery(finetune_steps=finetune_steps)
     objs = [o.strip() for o in objectives.split(",") if o.strip()]
     t0 = time.time()
@@ -132,7 +142,8 @@ def search(
                 progress.update(task, completed=done_before)
             result = api.search(model, data=data, target=target, space=space, objectives=objs,
                                 constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
-                                recovery=recovery, metric=metric, workers=workers, ray_address=ray_address,
+                                recovery=recovery, metric=metric, clip_range=clip, workers=workers,
+                                cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address,
                                 out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial)
     except NothingFeasible as e:
         _print_result(e.result, prep.profile.origin, time.time() - t0)
@@ -142,6 +153,33 @@ def search(
         _fail(f"interrupted; every finished trial is kept. Resume with: "
               f"autocompress search --resume {run_dir}", 130)
     _print_result(result, prep.profile.origin, time.time() - t0)
+
+
+def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise UserError(f"{option} takes {count} comma-separated numbers, not {text!r}")
+    return values
+
+
+def _resources(text: Optional[str]) -> tuple[Optional[float], float]:
+    """``cpu=2,gpu=1`` -> (2.0, 1.0); missing parts: (None, 0)."""
+    if not text:
+        return None, 0.0
+    found = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            found[key.strip().lower()] = float(value)
+        except ValueError:
+            raise UserError(f"--resources-per-trial: {part!r} is not KEY=NUMBER (e.g. cpu=2,gpu=1)") from None
+    unknown = set(found) - {"cpu", "gpu"}
+    if unknown:
+        raise UserError(f"--resources-per-trial knows cpu and gpu, not {sorted(unknown)[0]!r}")
+    return found.get("cpu"), found.get("gpu", 0.0)
 
 
 def _latest_run(out: Optional[Path]) -> str:

@@ -67,10 +67,19 @@ class CompressionConfig(BaseModel):
     layers: dict[str, LayerConfig] = Field(default_factory=dict)
     arch: ArchConfig = Field(default_factory=ArchConfig)
     channel_multiple: int = Field(1, ge=1, description="kept channel counts are multiples of this")
+    clip: tuple[float, float] | None = Field(None, description="quantisation range [min, max]: weights and "
+                                             "activations are clipped to it before they are quantised")
     importance: Literal["l2", "l1"] = "l2"
     meta: dict = Field(default_factory=dict, description="where it came from (model, target, trial)")
 
     # --- serialisation ---------------------------------------------------------------------
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, v):
+        if v is not None and not v[0] < 0 < v[1]:
+            raise ValueError(f"clip range must contain 0 (min < 0 < max), not {list(v)}")
+        return v
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
@@ -129,6 +138,16 @@ class CompressionConfig(BaseModel):
                 "wbits": lc.wbits if lc.wbits is not None else wbits,
                 "abits": lc.abits if lc.abits is not None else abits})
         return self.model_copy(update={"layers": layers})
+
+
+def clamp_bits(bits: int | None, low: int | None, high: int | None) -> int | None:
+    """``bits`` moved into [low, high], to the nearest supported width inside (None: float)."""
+    inside = [b for b in SUPPORTED_BITS if (low is None or b >= low) and (high is None or b <= high)]
+    if not inside:
+        raise UserError(f"no supported bit-width lies in [{low}, {high}]; supported: {list(SUPPORTED_BITS)}")
+    if bits is None:
+        return None if high is None else inside[-1]
+    return min(inside, key=lambda b: (abs(b - bits), -b))
 
 
 def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:

@@ -58,6 +58,9 @@ class Metrics:
     energy_mj: float = 0.0  # per inference
     energy_reduction: float = 1.0  # reference energy / this energy
     sqnr_db: float | None = None  # logits vs the uncompressed model
+    quant_error: float | None = None  # noise power / signal power of the logits, 10^(-sqnr_db / 10)
+    weight_bits_max: int = FLOAT_BITS  # over the layers left in the model (32: float)
+    weight_bits_min: int = FLOAT_BITS
     accuracy_screen: float | None = None  # before fine-tuning (the cheap fidelity)
     fidelity: str = "screen"  # "screen": BN re-estimation only; "full": with the fine-tuning budget
     cost_origin: str = ""
@@ -119,7 +122,9 @@ class Evaluator:
         """Size, MACs, latency and energy from the LayerTable and the config alone."""
         r = resolve(self.table, config)
         cost = self.cost_model.cost(r)
+        bits = r.wbits[r.present]
         return Metrics(size_bytes=r.size_bytes, params=r.params, macs=int(r.macs.sum()),
+                       weight_bits_max=int(bits.max()), weight_bits_min=int(bits.min()),
                        latency_ms=cost.latency_s * 1e3, energy_mj=cost.energy_j * 1e3,
                        energy_reduction=self.reference_cost.energy_j / cost.energy_j,
                        cost_origin=cost.origin)
@@ -149,6 +154,7 @@ class Evaluator:
         m.accuracy_drop = 100.0 * (self.baseline_accuracy - m.accuracy)
         n = min(SQNR_SAMPLES, len(logits))
         m.sqnr_db = sqnr_db(self.baseline_logits[:n], logits[:n])
+        m.quant_error = 10 ** (-m.sqnr_db / 10)
         if m.fidelity == "screen":
             m.accuracy_screen = m.accuracy
         m.eval_seconds += time.perf_counter() - t0

@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autocompress._errors import UserError
-from autocompress.config import SUPPORTED_BITS, CompressionConfig, LayerConfig
+from autocompress.config import SUPPORTED_BITS, CompressionConfig, LayerConfig, clamp_bits
 from autocompress.graph import LayerTable
 from autocompress.utils import load_yaml_file, shipped_yaml
 
@@ -144,6 +144,7 @@ class BoundSpace:
     params: list[Param]
     notes: list[str] = field(default_factory=list)
     channel_multiple: int = 1
+    clip_range: tuple[float, float] | None = None  # every quantised tensor is clipped to it first
 
     @classmethod
     def build(cls, space: SearchSpace, table: LayerTable) -> "BoundSpace":
@@ -208,8 +209,28 @@ class BoundSpace:
                 notes.append(f"{p.knob} below {floor} dropped: {profile.name} computes {what}s at "
                              f"{floor} bits or more and gains nothing from fewer")
             out.append(Param(p.name, p.knob, p.layers, choices))
+        if profile.channel_multiple > 1:
+            notes.append(f"pruned channel counts are rounded to multiples of {profile.channel_multiple} "
+                         f"({profile.name} computes those at full efficiency)")
         return BoundSpace(self.space, self.table, out, self.notes + sorted(set(notes)),
-                          self.channel_multiple)
+                          profile.channel_multiple, self.clip_range)
+
+    def restrict_bits(self, min_bits: int | None, max_bits: int | None) -> "BoundSpace":
+        """Weight bit choices moved into [min_bits, max_bits] (to the nearest supported width
+        inside), so no trial is spent on a candidate the bounds reject."""
+        if min_bits is None and max_bits is None:
+            return self
+        out, notes = [], []
+        for p in self.params:
+            if p.knob != "wbits":
+                out.append(p)
+                continue
+            choices = tuple(sorted({clamp_bits(c, min_bits, max_bits) for c in p.choices}))
+            if choices != tuple(sorted(set(p.choices))):
+                notes.append(f"weight bits outside [{min_bits or 2}, {max_bits or 16}] moved inside the bounds")
+            out.append(Param(p.name, p.knob, p.layers, choices))
+        return BoundSpace(self.space, self.table, out, self.notes + sorted(set(notes)),
+                          self.channel_multiple, self.clip_range)
 
     @property
     def searchable(self) -> list[Param]:
@@ -242,7 +263,7 @@ class BoundSpace:
             for layer in targets:
                 layers.setdefault(layer, {})[p.knob] = v
         return CompressionConfig(layers={k: LayerConfig(**v) for k, v in layers.items()}, arch=arch,
-                                 channel_multiple=self.channel_multiple, meta=meta or {})
+                                 channel_multiple=self.channel_multiple, clip=self.clip_range, meta=meta or {})
 
 
 def list_spaces() -> list[str]:

@@ -56,12 +56,12 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
         train(compressed, data, steps=recovery.finetune_steps, lr=recovery.lr,
               batch_size=recovery.batch_size, teacher=model, seed=seed, bf16=recovery.bf16)
     wbits = {n: config.layer(n).wbits for n in table.names if config.layer(n).wbits}
-    quantize_weights(compressed, wbits)
+    quantize_weights(compressed, wbits, config.clip)
     if data is not None and recovery.bn_batches and any(b < FLOAT_BITS for b in wbits.values()):
         recalibrate_batchnorm(compressed, data, batches_=recovery.bn_batches,
                               batch_size=recovery.batch_size, seed=seed)
     abits = {n: config.layer(n).abits for n in table.names if config.layer(n).abits}
-    quantizers = attach_activation_quantizers(compressed, abits)
+    quantizers = attach_activation_quantizers(compressed, abits, config.clip)
     if quantizers:
         if data is None:
             raise ValueError("activation quantisation needs calibration data")

@@ -13,10 +13,13 @@ from autocompress.compress.lowrank import compute_layers
 from autocompress.config import FLOAT_BITS
 
 
-def quantize_weight_(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round ``weight`` in place to ``bits``-bit symmetric per-output-channel values."""
+def quantize_weight_(weight: torch.Tensor, bits: int, clip: tuple[float, float] | None = None) -> torch.Tensor:
+    """Round ``weight`` in place to ``bits``-bit symmetric per-output-channel values, after
+    clipping it to ``clip`` (min, max) when given."""
     qmax = 2 ** (bits - 1) - 1
     flat = weight.detach().reshape(weight.shape[0], -1)
+    if clip is not None:
+        flat = flat.clamp(clip[0], clip[1])
     scale = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
     q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax)
     weight.data.copy_((q * scale[:, None]).reshape(weight.shape))
@@ -26,9 +29,10 @@ def quantize_weight_(weight: torch.Tensor, bits: int) -> torch.Tensor:
 class ActQuant(nn.Module):
     """Fake-quantises a tensor per tensor; ``observe`` mode records its range first."""
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, clip: tuple[float, float] | None = None):
         super().__init__()
         self.bits = bits
+        self.clip = clip
         self.observing = True
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
@@ -37,6 +41,8 @@ class ActQuant(nn.Module):
         if self.observing:
             self.lo = torch.minimum(self.lo, x.detach().min())
             self.hi = torch.maximum(self.hi, x.detach().max())
+            if self.clip is not None:  # the range is the observed one, within the clipping range
+                self.lo, self.hi = self.lo.clamp(self.clip[0], self.clip[1]), self.hi.clamp(self.clip[0], self.clip[1])
             return x
         if self.lo >= 0:  # unsigned
             qmin, qmax = 0, 2 ** self.bits - 1
@@ -48,21 +54,22 @@ class ActQuant(nn.Module):
         return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
 
 
-def quantize_weights(model: nn.Module, wbits: dict[str, int]) -> None:
+def quantize_weights(model: nn.Module, wbits: dict[str, int], clip: tuple[float, float] | None = None) -> None:
     for name, bits in wbits.items():
         if bits < FLOAT_BITS:
             for layer in compute_layers(model, name):  # both factors of a factorised layer
-                quantize_weight_(layer.weight, bits)
+                quantize_weight_(layer.weight, bits, clip)
 
 
-def attach_activation_quantizers(model: nn.Module, abits: dict[str, int]) -> list[ActQuant]:
+def attach_activation_quantizers(model: nn.Module, abits: dict[str, int],
+                                 clip: tuple[float, float] | None = None) -> list[ActQuant]:
     """Put an ActQuant on the input of every layer with abits < 32; they start observing."""
     quantizers = []
     for name, bits in abits.items():
         if bits >= FLOAT_BITS:
             continue
         for layer in compute_layers(model, name):  # a factorised layer's middle is quantised too
-            q = ActQuant(bits)
+            q = ActQuant(bits, clip)
             layer.add_module("input_quant", q)
             layer.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]),) + tuple(args[1:]))
             quantizers.append(q)

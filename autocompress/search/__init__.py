@@ -28,6 +28,7 @@ class SearchSettings:
     seed: int = 0
     objectives: dict[str, str] = field(default_factory=lambda: {"energy_reduction": "max", "accuracy": "max"})
     constraints: Constraints = field(default_factory=Constraints)
+    clip_range: tuple[float, float] | None = None  # quantisation range every candidate clips to
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 1:
@@ -35,6 +36,11 @@ class SearchSettings:
         if self.algorithm not in ALGORITHMS:
             from autocompress._errors import unknown_name
             raise unknown_name("algorithm", self.algorithm, list(ALGORITHMS))
+        if self.clip_range is not None:
+            lo, hi = self.clip_range
+            if not lo < 0 < hi:
+                raise UserError(f"--clip-range must contain 0 (MIN < 0 < MAX), not {lo},{hi}")
+            self.clip_range = (float(lo), float(hi))
 
 
 @dataclass
@@ -52,6 +58,13 @@ class RunSettings:
         if workers < 1:
             raise UserError(f"--workers must be at least 1, not {workers}")
         cpus = self.cpus_per_trial or max(1, cores // workers)
+        if cpus <= 0 or self.gpus_per_trial < 0:
+            raise UserError("--resources-per-trial: cpu must be above 0 and gpu at least 0")
+        if self.gpus_per_trial > 0 and self.ray_address is None:
+            import torch
+            if not torch.cuda.is_available():
+                raise UserError("--resources-per-trial asks for GPUs but this machine has none "
+                                "(torch.cuda.is_available() is False); use --ray-address for a cluster with GPUs")
         return RunSettings(workers, cpus, self.gpus_per_trial, self.ray_address)
 
 

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from autocompress._errors import UserError
+from autocompress.config import CompressionConfig, clamp_bits
 from autocompress.evaluate import Evaluator, Metrics
 from autocompress.space import BoundSpace
 
@@ -37,6 +38,9 @@ class Constraints:
     max_latency_ms: float | None = None
     min_energy_reduction: float | None = None
     min_sqnr_db: float | None = None
+    max_quant_error: float | None = None  # logits' noise power / signal power (10^(-SQNR/10))
+    max_bits: int | None = None  # weight bit-width bounds; layers the space leaves alone get max_bits
+    min_bits: int | None = None
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -48,6 +52,23 @@ class Constraints:
                 raise UserError(f"--{name.replace('_', '-')} {value} is negative: no candidate could meet it")
         if self.min_energy_reduction is not None and self.min_energy_reduction <= 0:
             raise UserError("--min-energy-reduction must be above 0 (1 means no reduction)")
+        for name in ("max_bits", "min_bits"):
+            v = getattr(self, name)
+            if v is not None and (v != int(v) or not 2 <= v <= 32):
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number of bits from 2 to 32, not {v}")
+        if self.max_bits is not None and self.min_bits is not None:
+            clamp_bits(8, self.min_bits, self.max_bits)  # a one-line error when no width fits
+
+    def bound_bits(self, config: CompressionConfig, table) -> CompressionConfig:
+        """The config with every weight bit-width inside [min_bits, max_bits]: layers without
+        bits get max_bits (the bound is on every weight of the model)."""
+        if self.max_bits is None and self.min_bits is None:
+            return config
+        layers = {}
+        for name in table.names:
+            lc = config.layer(name)
+            layers[name] = lc.model_copy(update={"wbits": clamp_bits(lc.wbits, self.min_bits, self.max_bits)})
+        return config.model_copy(update={"layers": layers})
 
     @property
     def active(self) -> list[str]:
@@ -70,13 +91,20 @@ class Constraints:
             return limit - m.energy_reduction
         if name == "min_sqnr_db":
             return None if m.sqnr_db is None else limit - min(m.sqnr_db, 999.0)
+        if name == "max_quant_error":
+            return None if m.quant_error is None else (m.quant_error - limit) / max(limit, 1e-12)
+        if name == "max_bits":
+            return m.weight_bits_max - limit
+        if name == "min_bits":
+            return limit - m.weight_bits_min
         raise KeyError(name)
 
     def violations(self, m: Metrics) -> dict[str, float | None]:
         """Per active constraint: amount of violation (> 0 broken), None if not yet known."""
         return {k: self._violation(k, m) for k in self.active}
 
-    DATA_FREE = ("max_size_mb", "max_params", "max_macs", "max_latency_ms", "min_energy_reduction")
+    DATA_FREE = ("max_size_mb", "max_params", "max_macs", "max_latency_ms", "min_energy_reduction",
+                 "max_bits", "min_bits")
 
 
 @dataclass
@@ -110,6 +138,7 @@ class Problem:
         record = {"trial": index, "params": values, "status": "failed", "threads": _threads()}
         try:
             config = self.evaluator.complete(self.space.config(values, meta={"trial": index}))
+            config = self.constraints.bound_bits(config, self.space.table)
             record["config"] = config.to_dict()
             metrics = self.evaluator.cost_metrics(config)
             violations = self.constraints.violations(metrics)
