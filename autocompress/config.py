@@ -67,6 +67,8 @@ class CompressionConfig(BaseModel):
     layers: dict[str, LayerConfig] = Field(default_factory=dict)
     arch: ArchConfig = Field(default_factory=ArchConfig)
     channel_multiple: int = Field(1, ge=1, description="kept channel counts are multiples of this")
+    fold_batchnorm: bool = Field(False, description="batch norms are folded into the convs before them "
+                                 "(scale into the weights, shift into the bias), as deployed")
     clip: tuple[float, float] | None = Field(None, description="quantisation range [min, max]: weights and "
                                              "activations are clipped to it before they are quantised")
     importance: Literal["l2", "l1"] = "l2"
@@ -263,6 +265,7 @@ class _Plan:
     spatial: np.ndarray  # output positions
     kernel: np.ndarray
     has_bias: np.ndarray
+    batchnorm_params: np.ndarray  # per layer: parameters per channel of the batch norm after it
 
 
 def _plan(table: LayerTable) -> _Plan:
@@ -298,6 +301,7 @@ def _plan(table: LayerTable) -> _Plan:
         spatial=np.array([x.spatial for x in L], dtype=np.int64),
         kernel=np.array([x.kernel[0] * x.kernel[1] for x in L], dtype=np.int64),
         has_bias=np.array([x.bias_params > 0 for x in L]),
+        batchnorm_params=np.array([x.batchnorm_params_per_channel for x in L], dtype=np.int64),
     )
     table.__dict__["_resolve_plan"] = plan
     return plan
@@ -321,7 +325,7 @@ def _fill(plan: _Plan, table: LayerTable, config: CompressionConfig, kept, wbits
         extra -= plan.block_extra[b]
 
 
-def _shapes(plan: _Plan, table: LayerTable, kept, wbits, abits, rank_ratio, present, group_extra):
+def _shapes(plan: _Plan, table: LayerTable, kept, wbits, abits, rank_ratio, present, group_extra, fold):
     """Compressed shapes, MACs and parameters from kept channels; arrays have a config axis."""
     cout = (kept @ plan.out_inc.T).astype(np.int64) + plan.out_fixed
     cin = (kept @ plan.in_inc.T).astype(np.int64) * plan.in_per_channel + plan.in_fixed
@@ -331,8 +335,11 @@ def _shapes(plan: _Plan, table: LayerTable, kept, wbits, abits, rank_ratio, pres
     rank = np.where(rank_ratio > 0, np.maximum(1, np.floor(rank_ratio * full + 0.5)), 0).astype(np.int64)
     wparams = np.where(rank > 0, rank * (k_in + cout), cout * k_in) * present
     macs = plan.spatial * wparams
-    bparams = np.where(plan.has_bias & present, cout, 0)
     extra = table.other_params + (kept.astype(np.int64) * group_extra).sum(axis=-1)
+    # a folded batch norm leaves only a bias on its conv
+    folded = (plan.batchnorm_params > 0) & present & fold[..., None]
+    extra = extra - (plan.batchnorm_params * cout * folded).sum(axis=-1)
+    bparams = np.where((plan.has_bias | folded) & present, cout, 0)
     return cin, cout, groups, macs, wparams, bparams, rank, extra
 
 
@@ -345,7 +352,7 @@ def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
     rank, present, gextra = np.zeros(n), np.ones(n, dtype=bool), plan.group_extra.copy()
     _fill(plan, table, config, kept, wbits, abits, rank, present, gextra)
     cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, wbits, abits, rank,
-                                                                     present, gextra)
+                                                                     present, gextra, np.array(config.fold_batchnorm))
     kept_map = dict(zip(plan.group_names, kept.astype(int).tolist()))
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
                           kept_map, int(extra))
@@ -361,7 +368,8 @@ def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> Resolve
     gextra = np.tile(plan.group_extra, (n, 1))
     for row, config in enumerate(configs):
         _fill(plan, table, config, kept[row], wbits[row], abits[row], rank[row], present[row], gextra[row])
+    fold = np.array([c.fold_batchnorm for c in configs])
     cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, wbits, abits, rank,
-                                                                     present, gextra)
+                                                                     present, gextra, fold)
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
                           {}, extra)

@@ -112,7 +112,9 @@ class Evaluator:
     def complete(self, config: CompressionConfig) -> CompressionConfig:
         """Give layers without bits the target's reference precision when the target has no
         float arithmetic (TPU v1 runs everything in int8), so accuracy is measured on what the
-        hardware would run."""
+        hardware would run; fold batch norms where the target does."""
+        if self.profile.folds_batchnorm and not config.fold_batchnorm:
+            config = config.model_copy(update={"fold_batchnorm": True})
         if any(p.weights >= FLOAT_BITS for p in self.profile.precisions):
             return config
         ref = self.profile.reference_precision

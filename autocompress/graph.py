@@ -36,6 +36,8 @@ class Layer:
     out_groups: tuple[str, ...]  # channel groups of the outputs, concatenated (empty: not prunable)
     in_groups: tuple[str, ...]  # channel groups of the inputs (empty: the network input)
     in_per_channel: int = 1  # input features per input channel (a linear layer after a flatten)
+    batchnorm: str | None = None  # the BatchNorm2d applied directly to this conv's output
+    batchnorm_params_per_channel: int = 0
 
     @property
     def out_group(self) -> str | None:
@@ -216,7 +218,15 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
     handles = []
     names = {}
     block_shapes: dict[str, tuple] = {}
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # conv outputs, kept alive so ids stay unique
+    batchnorms: dict[str, str] = {}  # conv -> the batch norm reading its output
     for name, mod in model.named_modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            def bn_hook(m, inputs, output, name=name):
+                producer = outputs.get(id(inputs[0]))
+                if producer is not None and producer[1] is inputs[0]:
+                    batchnorms.setdefault(producer[0], name)
+            handles.append(mod.register_forward_hook(bn_hook))
         if name and droppable(mod):
             def block_hook(m, inputs, output, name=name):
                 block_shapes.setdefault(name, (tuple(inputs[0].shape), tuple(output.shape)))
@@ -228,6 +238,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
                 if name not in records:
                     records[name] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
                     order.append(m)
+                    outputs[id(output)] = (name, output)
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -244,6 +255,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
     exec_names = {m: names[m] for m in order}  # execution order
     groups, out_groups, in_groups, covered = _channel_groups(model, example, exec_names, order[-1])
 
+    modules = dict(model.named_modules())
     layers = []
     for mod in order:
         name = names[mod]
@@ -257,6 +269,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
             cin, cout, groups_ = mod.in_features, mod.out_features, 1
             macs = math.prod(out_shape[:-1]) * cin * cout
             kind, kernel, stride = "linear", (1, 1), (1, 1)
+        bn = batchnorms.get(name) if kind == "conv" else None
+        bn_params = sum(p.numel() for p in modules[bn].parameters()) // cout if bn else 0
         og = _ordered(out_groups.get(name, []), cout, groups)
         ig = _ordered(in_groups.get(name, []), cin, groups)
         if isinstance(mod, nn.Conv2d) and 1 < mod.groups == mod.in_channels:
@@ -271,14 +285,14 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
             groups=groups_, in_shape=in_shape, out_shape=out_shape, macs=int(macs),
             weight_params=mod.weight.numel(),
             bias_params=mod.bias.numel() if mod.bias is not None else 0,
-            out_groups=og, in_groups=ig, in_per_channel=per_ch))
+            out_groups=og, in_groups=ig, in_per_channel=per_ch, batchnorm=bn,
+            batchnorm_params_per_channel=bn_params))
     total = sum(p.numel() for p in model.parameters())
     layer_params = sum(layer.params for layer in layers)
     notes = []
     unused = [n for n in names.values() if n not in records]
     if unused:
         notes.append(f"{len(unused)} layer(s) not reached by the forward pass: {', '.join(unused[:5])}")
-    modules = dict(model.named_modules())
     blocks = {}
     for name, (shape_in, shape_out) in block_shapes.items():
         inside = tuple(n for n in records if n.startswith(name + "."))

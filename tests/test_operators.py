@@ -33,7 +33,7 @@ def _mixed_config(table) -> CompressionConfig:
     dense = next(n for n in reversed(table.names[:-1]) if table[n].groups == 1 and table[n].kernel[0] > 1
                  and not any(n.startswith(b + ".") for b in dropped))
     layers[dense] = LayerConfig(rank=0.5, wbits=8)
-    return CompressionConfig(layers=layers, arch={"width": 0.75, "drop": dropped})
+    return CompressionConfig(layers=layers, arch={"width": 0.75, "drop": dropped}, fold_batchnorm=True)
 
 
 def test_pruning_ratio_sets_output_channels_and_the_forward_pass_runs(zoo_model):
@@ -58,6 +58,19 @@ def test_all_operators_compose_and_the_config_alone_predicts_the_model(zoo_model
     assert isinstance(compressed.get_submodule(dense), nn.Sequential)  # really two layers now
     for block in config.arch.drop:
         assert isinstance(compressed.get_submodule(block), nn.Identity)
+
+
+def test_folding_batch_norms_keeps_the_function_and_leaves_a_bias(zoo_model):
+    name, net, table = zoo_model
+    for m in net.modules():  # give the batch norms statistics worth folding
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    config = CompressionConfig(fold_batchnorm=True)
+    folded = apply(net, table, config)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, *SHAPE)
+    torch.testing.assert_close(folded(x), net(x), atol=1e-4, rtol=1e-4)
+    assert resolve(table, config).params == _compute_params(folded) < _compute_params(net)
 
 
 def test_applying_a_mixed_config_twice_gives_identical_weights(zoo_model):

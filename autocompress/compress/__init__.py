@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from autocompress.compress.arch import drop_blocks
+from autocompress.compress.fold import fold_batchnorms
 from autocompress.compress.lowrank import factorize, factorize_layers
 from autocompress.compress.prune import prune_channels
 from autocompress.compress.quantize import attach_activation_quantizers, quantize_weights
@@ -16,7 +17,7 @@ from autocompress.config import FLOAT_BITS, CompressionConfig
 from autocompress.data import DataBundle, batches
 from autocompress.graph import LayerTable
 
-__all__ = ["Recovery", "apply", "drop_blocks", "prune_channels", "factorize", "factorize_layers",
+__all__ = ["Recovery", "apply", "drop_blocks", "fold_batchnorms", "prune_channels", "factorize", "factorize_layers",
            "quantize_weights"]
 
 
@@ -38,8 +39,9 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
     then quantised.
 
     Order: drop blocks -> prune channels (width included) -> factorise -> re-estimate BN ->
-    fine-tune with distillation (float) -> quantise weights -> re-estimate BN -> calibrate
-    activation ranges. Deterministic for a given model, config, data and seed.
+    fine-tune with distillation (float) -> fold BN into the convs (when the config says so) ->
+    quantise weights -> re-estimate the BNs left -> calibrate activation ranges.
+    Deterministic for a given model, config, data and seed.
     """
     torch.manual_seed(seed)
     compressed = copy.deepcopy(model).eval()
@@ -55,9 +57,12 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
     if data is not None and recovery.finetune_steps > 0:
         train(compressed, data, steps=recovery.finetune_steps, lr=recovery.lr,
               batch_size=recovery.batch_size, teacher=model, seed=seed, bf16=recovery.bf16)
+    if config.fold_batchnorm:
+        fold_batchnorms(compressed, table)
     wbits = {n: config.layer(n).wbits for n in table.names if config.layer(n).wbits}
     quantize_weights(compressed, wbits, config.clip)
-    if data is not None and recovery.bn_batches and any(b < FLOAT_BITS for b in wbits.values()):
+    bn_left = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in compressed.modules())
+    if data is not None and recovery.bn_batches and bn_left and any(b < FLOAT_BITS for b in wbits.values()):
         recalibrate_batchnorm(compressed, data, batches_=recovery.bn_batches,
                               batch_size=recovery.batch_size, seed=seed)
     abits = {n: config.layer(n).abits for n in table.names if config.layer(n).abits}

@@ -94,7 +94,8 @@ class CostModel:
 
     def reference(self) -> CompressionConfig:
         """The uncompressed model as it runs on the device (its reference precision)."""
-        return CompressionConfig().with_default_bits(self.table, *self._ref_or_float())
+        config = CompressionConfig(fold_batchnorm=self.profile.folds_batchnorm)
+        return config.with_default_bits(self.table, *self._ref_or_float())
 
     def _ref_or_float(self) -> tuple[int | None, int | None]:
         w, a = self.ref_bits

@@ -106,6 +106,8 @@ class HardwareProfile(_Strict):
         " per_access: MACs x energy per MAC + bytes x energy per byte + idle (static) power x time")
     sparsity: Literal["none"] = "none"
     layer_overhead_cycles: int = Field(0, ge=0)
+    folds_batchnorm: bool = Field(True, description="batch norms run folded into the convs before them (what "
+                                  "inference runtimes and integer accelerators do)")
     channel_multiple: int = Field(1, ge=1, description="pruning keeps channel counts that are multiples of this "
                                   "(what the fabric computes at full efficiency)")
     batch_size: int = Field(1, gt=0)
