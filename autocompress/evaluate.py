@@ -59,6 +59,8 @@ class Metrics:
     energy_reduction: float = 1.0  # reference energy / this energy
     sqnr_db: float | None = None  # logits vs the uncompressed model
     quant_error: float | None = None  # noise power / signal power of the logits, 10^(-sqnr_db / 10)
+    weight_sqnr_db: dict[str, float] = field(default_factory=dict)  # per quantised layer: its weights
+    weight_sqnr_min_db: float | None = None  # the worst layer
     weight_bits_max: int = FLOAT_BITS  # over the layers left in the model (32: float)
     weight_bits_min: int = FLOAT_BITS
     accuracy_screen: float | None = None  # before fine-tuning (the cheap fidelity)
@@ -157,6 +159,8 @@ class Evaluator:
         n = min(SQNR_SAMPLES, len(logits))
         m.sqnr_db = sqnr_db(self.baseline_logits[:n], logits[:n])
         m.quant_error = 10 ** (-m.sqnr_db / 10)
+        m.weight_sqnr_db = {k: round(v, 3) for k, v in getattr(compressed, "weight_sqnr_db", {}).items()}
+        m.weight_sqnr_min_db = min(m.weight_sqnr_db.values(), default=None)
         if m.fidelity == "screen":
             m.accuracy_screen = m.accuracy
         m.eval_seconds += time.perf_counter() - t0

@@ -97,3 +97,15 @@ def test_bad_search_options_through_the_cli(args, expected):
         pytest.skip("this machine has a GPU")
     line = _one_line_error(cli("search", "--model", TINY, "--trials", "1", *args))
     assert expected in line
+
+
+def test_per_layer_weight_sqnr_follows_the_bits(prepared):
+    """About 6 dB per bit for uniform quantisation: 8-bit layers score well above 4-bit ones."""
+    names = prepared.table.names
+    config = CompressionConfig(layers={n: LayerConfig(wbits=8 if i % 2 else 4) for i, n in enumerate(names)})
+    m = prepared.evaluator().evaluate(config)
+    assert set(m.weight_sqnr_db) == set(names)
+    eight = [m.weight_sqnr_db[n] for i, n in enumerate(names) if i % 2]
+    four = [m.weight_sqnr_db[n] for i, n in enumerate(names) if not i % 2]
+    assert min(eight) > max(four) and 18 < sum(eight) / len(eight) - sum(four) / len(four) < 30
+    assert m.weight_sqnr_min_db == min(four)

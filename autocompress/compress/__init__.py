@@ -60,7 +60,7 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
     if config.fold_batchnorm:
         fold_batchnorms(compressed, table)
     wbits = {n: config.layer(n).wbits for n in table.names if config.layer(n).wbits}
-    quantize_weights(compressed, wbits, config.clip)
+    weight_sqnr = quantize_weights(compressed, wbits, config.clip)
     bn_left = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in compressed.modules())
     if data is not None and recovery.bn_batches and bn_left and any(b < FLOAT_BITS for b in wbits.values()):
         recalibrate_batchnorm(compressed, data, batches_=recovery.bn_batches,
@@ -77,4 +77,5 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
                 compressed(xb)
         for q in quantizers:
             q.observing = False
+    compressed.weight_sqnr_db = weight_sqnr  # per layer, for Metrics (a plain attribute, not state)
     return compressed.eval()

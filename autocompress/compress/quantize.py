@@ -6,6 +6,8 @@ unsigned when the calibration data never goes negative (after a ReLU), else symm
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -54,11 +56,23 @@ class ActQuant(nn.Module):
         return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
 
 
-def quantize_weights(model: nn.Module, wbits: dict[str, int], clip: tuple[float, float] | None = None) -> None:
+def quantize_weights(model: nn.Module, wbits: dict[str, int],
+                     clip: tuple[float, float] | None = None) -> dict[str, float]:
+    """Quantise the layers' weights in place; returns each layer's weight SQNR in dB (its
+    float weights against the quantised ones, both factors of a factorised layer together)."""
+    sqnr = {}
     for name, bits in wbits.items():
-        if bits < FLOAT_BITS:
-            for layer in compute_layers(model, name):  # both factors of a factorised layer
-                quantize_weight_(layer.weight, bits, clip)
+        layers = compute_layers(model, name)  # both factors of a factorised layer
+        if bits >= FLOAT_BITS or not layers:
+            continue
+        signal = noise = 0.0
+        for layer in layers:
+            before = layer.weight.detach().clone()
+            quantize_weight_(layer.weight, bits, clip)
+            signal += float((before ** 2).sum())
+            noise += float(((before - layer.weight.detach()) ** 2).sum())
+        sqnr[name] = 999.0 if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+    return sqnr
 
 
 def attach_activation_quantizers(model: nn.Module, abits: dict[str, int],

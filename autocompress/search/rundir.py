@@ -18,7 +18,8 @@ from autocompress.search.pareto import hypervolume, pareto_mask, to_minimisation
 from autocompress.utils import atomic_write_json, atomic_write_text
 
 METRIC_COLUMNS = ["accuracy", "accuracy_drop", "size_bytes", "params", "macs", "latency_ms",
-                  "energy_mj", "energy_reduction", "sqnr_db", "accuracy_screen", "fidelity", "cost_origin"]
+                  "energy_mj", "energy_reduction", "sqnr_db", "quant_error", "weight_sqnr_min_db",
+                  "weight_bits_max", "accuracy_screen", "fidelity", "cost_origin"]
 
 
 class RunDirectory:
