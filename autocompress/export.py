@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autocompress._errors import UserError
-from autocompress.config import FLOAT_BITS, CompressionConfig, group_ratios, resolve
+from autocompress.config import FLOAT_BITS, CompressionConfig, effective_ratios, resolve
 from autocompress.graph import LayerTable
 from autocompress.utils import atomic_write_text
 
@@ -17,10 +17,11 @@ FORMATS = ("json", "yaml", "csv", "torch")
 
 
 def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
-    """One row per layer: pruning ratio of its output channels, kept channels, bits, MACs,
-    parameters: the table tools that take per-layer settings read."""
+    """One row per layer: pruning ratio of its output channels (width multiplier included), kept
+    channels, bits, rank of a factorised layer, whether its block is dropped, MACs, parameters:
+    the table tools that take per-layer settings read."""
     r = resolve(table, config)
-    ratios = group_ratios(table, config)
+    ratios = effective_ratios(table, config)
     rows = []
     for i, layer in enumerate(table.layers):
         ratio = ratios.get(layer.out_groups[0], 0.0) if len(layer.out_groups) == 1 else None
@@ -29,6 +30,7 @@ def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
                      "in_channels": int(r.in_channels[i]),
                      "weight_bits": None if r.wbits[i] >= FLOAT_BITS else int(r.wbits[i]),
                      "activation_bits": None if r.abits[i] >= FLOAT_BITS else int(r.abits[i]),
+                     "rank": int(r.rank[i]) or None, "dropped": not bool(r.present[i]),
                      "macs": int(r.macs[i]), "params": int(r.weight_params[i] + r.bias_params[i])})
     return pd.DataFrame(rows)
 
