@@ -165,6 +165,23 @@ def _weight_type(bits: int, int4: bool):
     return TensorProto.INT16, "INT16"
 
 
+def _int_tensor(name: str, onnx_type: int, values: np.ndarray):
+    """An integer initializer as raw bytes (a list of millions of ints is slow to build); INT4
+    packs two values per byte, the first in the low nibble, as the ONNX spec says."""
+    from onnx import TensorProto, helper
+
+    flat = values.reshape(-1)
+    if onnx_type == TensorProto.INT4:
+        nibbles = (flat.astype(np.int8).view(np.uint8) & 0x0F).astype(np.uint8)
+        if len(nibbles) % 2:
+            nibbles = np.append(nibbles, np.uint8(0))
+        raw = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+    else:
+        dtype = {TensorProto.INT8: np.int8, TensorProto.INT16: np.int16}[onnx_type]
+        raw = flat.astype(dtype).tobytes()
+    return helper.make_tensor(name, onnx_type, list(values.shape), raw, raw=True)
+
+
 def _quantise_graph(proto, qlayers: dict[str, _QLayer], int4: bool, info: OnnxExport) -> None:
     """Replace each quantised layer's float weight initializer by integers -> DequantizeLinear,
     and its bias by INT32 -> DequantizeLinear where the input is quantised too."""
@@ -181,9 +198,9 @@ def _quantise_graph(proto, qlayers: dict[str, _QLayer], int4: bool, info: OnnxEx
         ints = ql.q.numpy().astype(np.int64)
         cout = ints.shape[0]
         graph.initializer.remove(inits[wname])
-        q_t = helper.make_tensor(f"{wname}_quantized", onnx_type, list(ints.shape), ints.reshape(-1).tolist())
+        q_t = _int_tensor(f"{wname}_quantized", onnx_type, ints)
         s_t = numpy_helper.from_array(ql.scale.numpy().astype(np.float32), f"{wname}_scale")
-        z_t = helper.make_tensor(f"{wname}_zero_point", onnx_type, [cout], [0] * cout)
+        z_t = _int_tensor(f"{wname}_zero_point", onnx_type, np.zeros(cout, np.int64))
         graph.initializer.extend([q_t, s_t, z_t])
         new_nodes.append(helper.make_node("DequantizeLinear", [q_t.name, s_t.name, z_t.name], [wname],
                                           name=f"{wname}_DequantizeLinear", axis=0))

@@ -12,6 +12,7 @@ measured time x a stated power figure (``estimated``, never ``measured``).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import platform
@@ -19,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -124,17 +126,23 @@ class MeasuredTarget:
         g = torch.Generator().manual_seed(seed)
         return torch.randn((self.batch_size, *input_shape), generator=g)
 
-    def measure(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
-        """Time ``model`` (a compressed or uncompressed nn.Module) on one batch of this target."""
+    def runner(self, model: nn.Module, input_shape: tuple[int, ...]) -> "Runner":
+        """Ready ``model`` to run one batch on this target (export, session) without timing it."""
         x = self.example(input_shape)
-        counter = self._energy_counter()
-        integer = None
         if self.device == "cuda":
-            times, joules = _time_cuda(model, x, self.warmup, self.repeats, counter)
-        elif self.runtime == "onnxruntime":
-            times, joules, integer = _time_onnxruntime(model, x, self.threads, self.warmup, self.repeats, counter)
-        else:
-            times, joules = _time_torch(model, x, self.threads, self.warmup, self.repeats, counter)
+            return _CudaRunner(model, x)
+        if self.runtime == "onnxruntime":
+            return _OrtRunner(model, x, self.threads)
+        return _TorchRunner(model, x, self.threads)
+
+    def time(self, runner: "Runner", repeats: int | None = None, warmup: int | None = None):
+        """(run times in seconds, joules over them or None) of ``repeats`` timed runs."""
+        counter = self._energy_counter()
+        with runner.pinned():
+            return _loop(runner.run, self.warmup if warmup is None else warmup, repeats or self.repeats,
+                         counter, runner.sync)
+
+    def summarise(self, times: list[float], joules: float | None, runner: "Runner") -> Measurement:
         median = float(np.median(times))
         q1, q3 = np.percentile(times, [25, 75])
         if joules is None:  # no counter: stated power x measured time, and said so
@@ -142,8 +150,94 @@ class MeasuredTarget:
             energy_origin = f"estimated:{self.name} (measured time x {self._power_text()})"
         else:
             energy = joules / (len(times) * self.batch_size)
-            energy_origin = f"measured:{self.name} ({counter.label})"
-        return Measurement(median, float(q3 - q1), len(times), energy, self.origin, energy_origin, integer)
+            energy_origin = f"measured:{self.name} ({self._energy_counter().label})"
+        return Measurement(median, float(q3 - q1), len(times), energy, self.origin, energy_origin,
+                           runner.integer_kernels)
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
+        """Time ``model`` (a compressed or uncompressed nn.Module) on one batch of this target."""
+        runner = self.runner(model, input_shape)
+        return self.summarise(*self.time(runner), runner)
+
+    def measure_many(self, models, input_shape: tuple[int, ...], *, rounds: int = 5,
+                     progress: Callable[[int, int], None] | None = None) -> list[Measurement]:
+        """Time several models in ``rounds`` interleaved rounds of ``repeats`` runs each, so
+        that load from other processes, which comes and goes, falls on all of them alike."""
+        runners = []
+        total = len(models) * (rounds + 1)
+        for i, model in enumerate(models):
+            runners.append(self.runner(model() if callable(model) and not isinstance(model, nn.Module) else model,
+                                       input_shape))
+            if progress:
+                progress(i + 1, total)
+        times = [[] for _ in runners]
+        joules: list[float | None] = [0.0 for _ in runners]
+        for r in range(rounds):
+            for i, runner in enumerate(runners):
+                t, j = self.time(runner, warmup=self.warmup if r == 0 else 1)
+                times[i] += t
+                joules[i] = None if j is None or joules[i] is None else joules[i] + j
+                if progress:
+                    progress(len(runners) * (r + 1) + i + 1, total)
+        return [self.summarise(t, j, runner) for t, j, runner in zip(times, joules, runners)]
+
+
+class Runner:
+    """One model ready to run one batch on a target."""
+
+    integer_kernels: int | None = None
+    sync = None
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def pinned(self):
+        yield
+
+
+class _TorchRunner(Runner):
+    def __init__(self, model: nn.Module, x: torch.Tensor, threads: int):
+        self.model, self.x, self.threads = model.eval(), x, threads
+
+    def run(self):
+        with torch.no_grad():
+            self.model(self.x)
+
+    @contextlib.contextmanager
+    def pinned(self):
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+class _OrtRunner(Runner):
+    def __init__(self, model: nn.Module, x: torch.Tensor, threads: int):
+        from autocompress.onnx_export import export_onnx, onnx_session
+
+        with tempfile.TemporaryDirectory(prefix="autocompress-measure-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            # INT8 containers for <= 4-bit weights (same values): integer kernels, not float convs
+            export_onnx(model, x[:1], path, int4=False)
+            self.session = onnx_session(path, threads, optimized_path=Path(tmp) / "optimized.onnx")
+            self.integer_kernels = _integer_nodes(Path(tmp) / "optimized.onnx")
+        self.feed = {"input": x.numpy()}
+
+    def run(self):
+        self.session.run(None, self.feed)
+
+
+class _CudaRunner(Runner):
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        self.model, self.x = model.eval().to("cuda"), x.to("cuda")
+        self.sync = torch.cuda.synchronize
+
+    def run(self):
+        with torch.no_grad():
+            self.model(self.x)
 
 
 def is_measured(spec) -> bool:
@@ -206,31 +300,6 @@ def _loop(run, warmup: int, repeats: int, counter, sync=None) -> tuple[list[floa
     return times, joules
 
 
-def _time_torch(model: nn.Module, x: torch.Tensor, threads: int, warmup: int, repeats: int, counter):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    model = model.eval()
-    try:
-        with torch.no_grad():
-            return _loop(lambda: model(x), warmup, repeats, counter)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _time_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int, warmup: int, repeats: int, counter):
-    from autocompress.onnx_export import export_onnx, onnx_session
-
-    with tempfile.TemporaryDirectory(prefix="autocompress-measure-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        # INT8 containers for <= 4-bit weights (same values): integer kernels instead of float convs
-        export_onnx(model, x[:1], path, int4=False)
-        session = onnx_session(path, threads, optimized_path=Path(tmp) / "optimized.onnx")
-        integer = _integer_nodes(Path(tmp) / "optimized.onnx")
-        feed = {"input": x.numpy()}
-        times, joules = _loop(lambda: session.run(None, feed), warmup, repeats, counter)
-    return times, joules, integer
-
-
 def _integer_nodes(path: Path) -> int | None:
     try:
         import onnx
@@ -239,15 +308,6 @@ def _integer_nodes(path: Path) -> int | None:
     except Exception:  # noqa: BLE001 - the count is information, not a result
         return None
     return sum(op.startswith("QLinear") or op.endswith("Integer") for op in ops)
-
-
-def _time_cuda(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, counter):
-    model = model.eval().to("cuda")
-    x = x.to("cuda")
-    with torch.no_grad():
-        times, joules = _loop(lambda: model(x), warmup, repeats, counter, sync=torch.cuda.synchronize)
-    model.to("cpu")
-    return times, joules
 
 
 # -- energy counters ------------------------------------------------------------------------------
