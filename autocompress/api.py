@@ -349,6 +349,17 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=None, data: D
     return _export(model, torch.zeros((1, *shape)), path, int4=int4)
 
 
+def check_calibration(target, samples: int) -> MeasuredTarget:
+    """The measured target of a calibration, or a one-line error before anything is built."""
+    measured = load_target(target)
+    if not isinstance(measured, MeasuredTarget):
+        raise UserError(f"calibrate measures on this machine: --target cpu-local or cuda-local, not {target}")
+    if samples < 4:
+        raise UserError(f"--samples must be at least 4 (the fit has 5 free parameters; the samples, some "
+                        f"of them again in float, and the uncompressed model give 7 points), not {samples}")
+    return measured
+
+
 def calibrate(model: str | nn.Module = "resnet18", target: str | MeasuredTarget = "cpu-local", *,
               out: str | Path | None = None, samples: int = 24, input_shape=None, data: str | None = None,
               num_classes: int | None = None, space=None, seed: int = 0, name: str | None = None,
@@ -359,12 +370,7 @@ def calibrate(model: str | nn.Module = "resnet18", target: str | MeasuredTarget 
     timing: without data the model keeps its initial weights and calibrates on random inputs."""
     from autocompress.hardware.calibrate import calibrate as _calibrate
 
-    measured = load_target(target)
-    if not isinstance(measured, MeasuredTarget):
-        raise UserError(f"calibrate measures on this machine: --target cpu-local or cuda-local, not {target}")
-    if samples < 4:
-        raise UserError(f"--samples must be at least 4 (the fit has 5 free parameters plus the float "
-                        f"reference), not {samples}")
+    measured = check_calibration(target, samples)
     prep = prepare(model, data, measured, input_shape=input_shape, num_classes=num_classes, baseline=None,
                    log=lambda s: None)
     bound = prep.space(space)

@@ -119,6 +119,7 @@ class Evaluator:
         m = self.cost_metrics(self.reference_config)
         if self.measured:
             self._fill_measurement(m, self.reference_measurement)
+            m.energy_reduction = 1.0
         m.accuracy, m.accuracy_drop, m.sqnr_db = self.baseline_accuracy, 0.0, math.inf
         m.size_bytes = resolve(self.table, CompressionConfig()).size_bytes  # fp32 weights
         return m
