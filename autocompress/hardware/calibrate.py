@@ -183,13 +183,13 @@ def fit_profile(table: LayerTable, target: MeasuredTarget, configs: list[Compres
     throughput = float(np.median(total / measured_s))
     n_layers = len(table)
     best = None
-    for mem_scale in (1e9, 1e10, 1e11):
-        for overhead in (1e-6, 2e-5, float(np.min(measured_s)) / n_layers / 4):
+    for mem_scale in (3e9, 1e11):  # memory-bound and compute-bound starts
+        for overhead in (1e-6, float(np.min(measured_s)) / n_layers / 4):
             x0 = np.log([throughput, 1.0, mem_scale, mem_scale, max(overhead, 1e-8)])
             lo = np.log([1e6, 1.0, 1e7, 1e7, 1e-9])
             hi = np.log([1e15, 64.0, 1e14, 1e14, 1.0])
             fit = least_squares(lambda t: np.log(_predict(t, table, configs, name=name, target=target, clock=clock)) - y,
-                                np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), diff_step=1e-3, max_nfev=200)
+                                np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), diff_step=1e-3, max_nfev=100)
             if best is None or fit.cost < best.cost:
                 best = fit
     rms = float(np.sqrt(np.mean(best.fun ** 2)))
