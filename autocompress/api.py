@@ -1,4 +1,5 @@
-"""The Python API: :func:`search`, :func:`compress`, :func:`profile`, :func:`load_target`.
+"""The Python API: :func:`search`, :func:`compress`, :func:`profile`, :func:`load_target`,
+:func:`calibrate`, :func:`export_onnx`.
 
 Everything the CLI does goes through here, so a pipeline gets the same behaviour::
 
@@ -27,7 +28,7 @@ from autocompress.config import CompressionConfig
 from autocompress.data import DataBundle, from_torch, resolve_data
 from autocompress.evaluate import Evaluator, Metrics
 from autocompress.graph import LayerTable, trace
-from autocompress.hardware import HardwareProfile, load_profile
+from autocompress.hardware import HardwareProfile, MeasuredTarget, load_target
 from autocompress.models import build_model, load_weights
 from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings, SearchSettings,
                                  reference_point, run_search, settings_dict)
@@ -35,9 +36,7 @@ from autocompress.search.rundir import pareto_of, trials_frame
 from autocompress.space import BoundSpace, default_space_for, load_space
 
 __all__ = ["search", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
-           "Constraints", "Recovery", "SearchSettings", "RunSettings"]
-
-load_target = load_profile
+           "Constraints", "Recovery", "SearchSettings", "RunSettings", "calibrate", "export_onnx"]
 
 
 def _parse_shape(shape) -> tuple[int, ...] | None:
@@ -60,7 +59,7 @@ class Prepared:
     model_desc: str
     data: DataBundle | None
     table: LayerTable
-    profile: HardwareProfile
+    profile: HardwareProfile | MeasuredTarget
     inputs: dict  # the user's inputs as plain data (for settings.json and resume)
     notes: list[str] = field(default_factory=list)
 
@@ -78,14 +77,15 @@ class Prepared:
         return space.bind(self.table).restrict_to(self.profile)
 
 
-def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", target: str | HardwareProfile = "tpu-v1", *,
+def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
+            target: str | HardwareProfile | MeasuredTarget = "tpu-v1", *,
             weights: str | None = None, train_data=None, val_data=None, num_classes: int | None = None,
             input_shape=None, stem: str | None = None, val_samples: int | None = None,
             normalize: str = "auto", baseline: BaselineTraining | None = BaselineTraining(),
             log: Callable[[str], None] = print) -> Prepared:
     """Resolve a model (zoo name, ``module:callable`` or nn.Module), data and target, load or
     train the baseline weights, and trace the LayerTable."""
-    profile_ = load_profile(target)
+    profile_ = load_target(target)
     notes: list[str] = []
     bundle = None
     if train_data is not None or val_data is not None:
@@ -122,7 +122,8 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits", ta
     notes += table.notes
     inputs = {"model": spec, "model_desc": desc, "data": bundle.name if bundle else None,
               "data_spec": data if bundle is not None and train_data is None else None,
-              "target_spec": str(target) if not isinstance(target, HardwareProfile) else profile_.name,
+              "target_spec": target.spec if isinstance(target, MeasuredTarget) else
+              str(target) if not isinstance(target, HardwareProfile) else profile_.name,
               "data_fingerprint": bundle.fingerprint if bundle else None, "target": profile_.name,
               "weights": str(weights) if weights else None, "input_shape": list(shape),
               "num_classes": classes, "stem": stem, "val_samples": val_samples, "normalize": normalize,
@@ -249,6 +250,8 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
         raise UserError(f"unknown metric {metric!r}; valid: top1, top5, macro_f1")
     search_ = SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objectives,
                              constraints=constraints, clip_range=clip_range)
+    if workers is None and isinstance(prepared.profile if prepared else load_target(target), MeasuredTarget):
+        workers = 1  # trials timed side by side on one machine would slow each other down
     run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                        ray_address=ray_address)
     recovery = recovery or Recovery()
@@ -316,6 +319,9 @@ def profile(model: str | nn.Module = "resnet18", target: str | HardwareProfile =
             config: CompressionConfig | None = None, stem: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Per-layer MACs, parameters, latency and energy of ``model`` (uncompressed at the target's
     reference precision, or compressed by ``config``); returns (layers, totals)."""
+    if isinstance(load_target(target), MeasuredTarget):
+        raise UserError(f"profile costs layer by layer on an analytic profile; {target} times whole models. "
+                        f"Build a profile for this machine with: autocompress calibrate --target {target} --out my.yaml")
     prep = prepare(model, None if input_shape else data, target, input_shape=input_shape,
                    num_classes=num_classes, stem=stem, baseline=None, log=lambda s: None)
     from autocompress.hardware import CostModel
@@ -334,3 +340,46 @@ def profile(model: str | nn.Module = "resnet18", target: str | HardwareProfile =
                   prep.profile.reference_precision.weights, prep.profile.reference_precision.activations)
               if config is None else "as configured"}
     return frame, totals
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, input_shape=None, data: DataBundle | None = None,
+                int4: bool = True):
+    """Write a compressed model (from :func:`compress` or ``SearchResult.apply``) as ONNX with
+    QuantizeLinear / DequantizeLinear: integer weights per output channel (INT8, INT4 for <= 4
+    bits at opset 21), per-tensor activation QDQ with the calibrated scales. Returns what was
+    written (:class:`autocompress.onnx_export.OnnxExport`)."""
+    from autocompress.onnx_export import export_onnx as _export
+
+    shape = data.input_shape if data is not None else _parse_shape(input_shape)
+    if shape is None:
+        raise UserError("export_onnx() needs data or input_shape (e.g. 3x32x32)")
+    return _export(model, torch.zeros((1, *shape)), path, int4=int4)
+
+
+def check_calibration(target, samples: int) -> MeasuredTarget:
+    """The measured target of a calibration, or a one-line error before anything is built."""
+    measured = load_target(target)
+    if not isinstance(measured, MeasuredTarget):
+        raise UserError(f"calibrate measures on this machine: --target cpu-local or cuda-local, not {target}")
+    if samples < 4:
+        raise UserError(f"--samples must be at least 4 (the fit has 5 free parameters; the samples, some "
+                        f"of them again in float, and the uncompressed model give 7 points), not {samples}")
+    return measured
+
+
+def calibrate(model: str | nn.Module = "resnet18", target: str | MeasuredTarget = "cpu-local", *,
+              out: str | Path | None = None, samples: int = 24, input_shape=None, data: str | None = None,
+              num_classes: int | None = None, space=None, seed: int = 0, name: str | None = None,
+              progress: Callable[[int, int], None] | None = None):
+    """Measure ``samples`` compressed variants of ``model`` on a measured target and fit the
+    analytic cost model's free parameters to them; returns the fitted HardwareProfile and the
+    calibration record (and writes the profile YAML to ``out``). Weights do not matter for
+    timing: without data the model keeps its initial weights and calibrates on random inputs."""
+    from autocompress.hardware.calibrate import calibrate as _calibrate
+
+    measured = check_calibration(target, samples)
+    prep = prepare(model, data, measured, input_shape=input_shape, num_classes=num_classes, baseline=None,
+                   log=lambda s: None)
+    bound = prep.space(space)
+    return _calibrate(prep.model, prep.table, measured, bound, samples=samples, data=prep.data, seed=seed,
+                      out=out, name=name, model_desc=prep.model_desc, progress=progress)

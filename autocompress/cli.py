@@ -1,4 +1,5 @@
-"""Command line: ``autocompress search | profile | targets``. Thin: parses, calls the API, prints.
+"""Command line: ``autocompress search | profile | targets | calibrate | export | apply``. Thin:
+parses, calls the API, prints.
 
 Bad input ends in one line on stderr and exit code 2 (3 when a search finds nothing feasible).
 """
@@ -30,11 +31,12 @@ def _mb(x) -> str:
     return f"{x / 1e6:.2f}"
 
 
-def pareto_table(pareto, baseline: dict, origin: str, title: str) -> Table:
+def pareto_table(pareto, baseline: dict, origin: str, title: str, energy_origin: str | None = None) -> Table:
     t = Table(title=title, title_justify="left")
+    energy_origin = energy_origin or origin
     for col, just in [("trial", "right"), ("accuracy %", "right"), ("drop pp", "right"), ("size MB", "right"),
-                      (f"energy mJ\n{origin}", "right"), (f"latency ms\n{origin}", "right"),
-                      (f"energy reduction\n{origin}", "right"), ("SQNR dB", "right")]:
+                      (f"energy mJ\n{energy_origin}", "right"), (f"latency ms\n{origin}", "right"),
+                      (f"energy reduction\n{energy_origin}", "right"), ("SQNR dB", "right")]:
         t.add_column(col, justify=just)
     t.add_row("base", f"{100 * baseline['accuracy']:.2f}", "0.00", _mb(baseline["size_bytes"]),
               f"{baseline['energy_mj']:.4f}", f"{baseline['latency_ms']:.4f}", "1.00x", "-", style="dim")
@@ -49,7 +51,8 @@ def pareto_table(pareto, baseline: dict, origin: str, title: str) -> Table:
 @app.command()
 def search(
     model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
-    target: str = typer.Option("tpu-v1", help="hardware profile name or path to a profile YAML"),
+    target: str = typer.Option("tpu-v1", help="hardware profile name, path to a profile YAML, or a measured "
+                               "target: cpu-local[:threads=N,batch=N,runtime=onnxruntime|torch], cuda-local"),
     data: str = typer.Option("digits", help="digits (built in) or imagefolder:PATH"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load; without it a baseline is trained and cached"),
     space: Optional[str] = typer.Option(None, help="search space name or YAML path (default: tuned for the model)"),
@@ -105,10 +108,10 @@ def search(
                                   max_quant_error=max_quant_error, max_bits=max_bits, min_bits=min_bits)
         clip = _numbers(clip_range, "--clip-range", 2) if clip_range else None
     cpus, gpus = _resources(resources_per_trial)
-    from autocompress.hardware import load_profile
+    from autocompress.hardware import load_target
     from autocompress.space import SearchSpace, load_space
 
-    load_profile(target)  # bad names and files fail now, not after the baseline is trained
+    load_target(target)  # bad names, files and options fail now, not after the baseline is trained
     if space is not None and not isinstance(space, SearchSpace):
         load_space(space)
     recovery = Recovery(finetune_steps=finetune_steps)
@@ -146,13 +149,13 @@ def search(
                                 cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address,
                                 out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial)
     except NothingFeasible as e:
-        _print_result(e.result, prep.profile.origin, time.time() - t0)
+        _print_result(e.result, prep.profile, time.time() - t0)
         raise
     except KeyboardInterrupt:
         run_dir = resume or _latest_run(out)
         _fail(f"interrupted; every finished trial is kept. Resume with: "
               f"autocompress search --resume {run_dir}", 130)
-    _print_result(result, prep.profile.origin, time.time() - t0)
+    _print_result(result, prep.profile, time.time() - t0)
 
 
 def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
@@ -189,7 +192,9 @@ def _latest_run(out: Optional[Path]) -> str:
     return str(runs[-1]) if runs else "RUN_DIR"
 
 
-def _print_result(result, origin: str, seconds: float) -> None:
+def _print_result(result, target, seconds: float) -> None:
+    origin = target.origin
+    energy_origin = getattr(target, "energy_origin", origin)
     failed = result.trials[result.trials["status"] == "failed"]
     screened = sum(1 for r in result.records if r.get("screened"))
     feasible = int((result.trials["status"] == "ok").sum())
@@ -204,9 +209,17 @@ def _print_result(result, origin: str, seconds: float) -> None:
         console.print(f"run directory: {result.run_dir}")
         return
     console.print(pareto_table(result.pareto, result.baseline, origin,
-                               f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})"))
-    console.print(f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
-                  f"data; drop is against the uncompressed float model.")
+                               f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})",
+                               energy_origin))
+    if origin.startswith("measured:"):
+        energy = ("measured too" if energy_origin.startswith("measured:") else
+                  f"estimated from the measured time and a stated power ({energy_origin}), not measured")
+        console.print(f"Latency is measured on this machine ({origin}): median of the timed runs. Energy is "
+                      f"{energy}. Accuracy is measured on the validation data; drop is against the "
+                      f"uncompressed float model.")
+    else:
+        console.print(f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
+                      f"data; drop is against the uncompressed float model.")
     console.print(f"run directory: {result.run_dir}")
 
 
@@ -227,6 +240,9 @@ def targets():
                   f"w{ref.weights}/a{ref.activations}", f"{wmem.bandwidth_bytes_per_s / 1e9:.0f} GB/s",
                   f"{p.power.idle_w:g}-{p.power.busy_w:g}")
     console.print(t)
+    console.print("measured targets (time each candidate on this machine): cpu-local[:threads=N,batch=N,"
+                  "runtime=onnxruntime|torch,repeats=N,warmup=N,watts=W], cuda-local (needs a CUDA GPU). "
+                  "autocompress calibrate fits a profile to cpu-local measurements.")
 
 
 @app.command()
@@ -292,7 +308,8 @@ def export(
     run_dir: Path = typer.Argument(..., help="a search's run directory"),
     pick: str = typer.Option("best", help="trial number, or best (highest energy reduction on the Pareto set)"),
     max_acc_drop: Optional[float] = typer.Option(None, help="with --pick best: largest accepted accuracy drop"),
-    fmt: str = typer.Option("yaml", "--format", help="json, yaml (the config), csv (per-layer table), torch (the model)"),
+    fmt: str = typer.Option("yaml", "--format", help="json, yaml (the config), csv (per-layer table), torch "
+                            "(TorchScript model), onnx (QDQ ONNX model)"),
     out: Path = typer.Option(..., help="file to write"),
 ):
     """Export a candidate of a finished search."""
@@ -353,6 +370,41 @@ def apply_cmd(
     console.print(f"  accuracy {100 * metrics.accuracy:.2f}% (drop {metrics.accuracy_drop:.2f} pp), "
                   f"{metrics.size_bytes / 1e6:.2f} MB, energy {metrics.energy_mj:.4f} mJ, "
                   f"energy reduction {metrics.energy_reduction:.2f}x ({metrics.cost_origin})")
+
+
+@app.command()
+def calibrate(
+    target: str = typer.Option("cpu-local", help="measured target: cpu-local[:threads=N,batch=N,runtime=...]"),
+    model: str = typer.Option("resnet18", help="zoo name or module.path:callable whose variants are timed"),
+    input_shape: str = typer.Option("3x32x32", help="input shape the variants are timed at"),
+    num_classes: int = typer.Option(10, help="classifier outputs"),
+    samples: int = typer.Option(24, help="random configs of the model's search space to time"),
+    space: Optional[str] = typer.Option(None, help="search space the configs come from (default: tuned for the model)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(..., help="profile YAML to write (use it as --target FILE)"),
+):
+    """Time compressed variants of a model on this machine and fit a hardware profile to them."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import autocompress.api as api
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {str(out.parent)!r} does not exist")
+    measured = api.check_calibration(target, samples)  # bad input fails before anything is built
+    console.print(f"[bold]autocompress[/] calibrate: {samples} variants of {model} at {input_shape} on {measured.origin}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    task = progress.add_task("build and time", total=1)
+    with progress:
+        result = api.calibrate(model, measured, out=out, samples=samples, input_shape=input_shape,
+                               num_classes=num_classes, space=space, seed=seed,
+                               progress=lambda i, n: progress.update(task, completed=i, total=n))
+    p = result.params
+    console.print(f"fitted on {len(result.configs)} variants: fp32 {p['fp32_macs_per_s'] / 1e9:.1f} GMAC/s, int8 "
+                  f"{p['int8_rate']:.2f}x, weights {p['weight_bandwidth'] / 1e9:.1f} GB/s, activations "
+                  f"{p['activation_bandwidth'] / 1e9:.1f} GB/s, {p['layer_overhead_s'] * 1e6:.1f} us per layer")
+    console.print(f"in-sample fit: Spearman {result.spearman:.3f}, median abs error {result.median_abs_pct_error:.1f}%, "
+                  f"RMS log error {100 * result.rms_log_error:.1f}%")
+    console.print(f"{out}: use it with --target {out}")
 
 
 def torch_zeros(shape):

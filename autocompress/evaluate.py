@@ -4,6 +4,11 @@ Figures knowable without data (size, MACs, latency, energy) come from the LayerT
 config alone (:meth:`Evaluator.cost_metrics`), so constraints on them are checked before a
 model is built. Accuracy and quantisation error come from building the compressed model for
 real and running it on the validation data (:meth:`Evaluator.evaluate`).
+
+On a measured target (``cpu-local``, ``cuda-local``) latency and energy are known only once the
+model is built: :meth:`Evaluator.measure` times it (before any accuracy is computed), and the
+energy reduction divides the uncompressed model's energy, measured the same way in the same
+process, by the candidate's.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from autocompress.compress.recover import predict
 from autocompress.config import FLOAT_BITS, CompressionConfig, resolve
 from autocompress.data import DataBundle
 from autocompress.graph import LayerTable
-from autocompress.hardware import CostModel, HardwareProfile
+from autocompress.hardware import CostModel, HardwareProfile, MeasuredTarget
 
 __all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db"]
 
@@ -47,16 +52,18 @@ def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 @dataclass
 class Metrics:
-    """What one candidate scores. Cost figures carry their origin (``cost_origin``)."""
+    """What one candidate scores. Cost figures carry their origin: ``cost_origin`` for latency
+    (and energy, unless ``energy_origin`` says otherwise), e.g. ``modeled:tpu-v1``,
+    ``measured:cpu-local (...)``, ``estimated:cpu-local (...)``."""
 
     accuracy: float | None = None  # on the validation data, ``metric``
     accuracy_drop: float | None = None  # percentage points below the uncompressed model
     size_bytes: int = 0
     params: int = 0
     macs: int = 0
-    latency_ms: float = 0.0
-    energy_mj: float = 0.0  # per inference
-    energy_reduction: float = 1.0  # reference energy / this energy
+    latency_ms: float | None = 0.0  # per batch of the target's batch size; None: not measured yet
+    energy_mj: float | None = 0.0  # per inference
+    energy_reduction: float | None = 1.0  # reference energy / this energy
     sqnr_db: float | None = None  # logits vs the uncompressed model
     quant_error: float | None = None  # noise power / signal power of the logits, 10^(-sqnr_db / 10)
     weight_sqnr_db: dict[str, float] = field(default_factory=dict)  # per quantised layer: its weights
@@ -66,6 +73,8 @@ class Metrics:
     accuracy_screen: float | None = None  # before fine-tuning (the cheap fidelity)
     fidelity: str = "screen"  # "screen": BN re-estimation only; "full": with the fine-tuning budget
     cost_origin: str = ""
+    energy_origin: str = ""  # where it differs from cost_origin (an estimate on a measured target)
+    latency_spread_ms: float | None = None  # measured: interquartile range of the timed runs
     eval_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -79,14 +88,21 @@ class Metrics:
 class Evaluator:
     """Everything needed to score candidates of one model on one data set and one target."""
 
-    def __init__(self, model: nn.Module, table: LayerTable, data: DataBundle, profile: HardwareProfile,
-                 *, recovery: Recovery = Recovery(), metric: str = "top1", seed: int = 0):
+    def __init__(self, model: nn.Module, table: LayerTable, data: DataBundle,
+                 profile: HardwareProfile | MeasuredTarget, *, recovery: Recovery = Recovery(),
+                 metric: str = "top1", seed: int = 0):
         self.model = model.eval()
         self.table, self.data, self.profile = table, data, profile
         self.recovery, self.metric, self.seed = recovery, metric, seed
-        self.cost_model = CostModel(table, profile)
-        self.reference_config = self.cost_model.reference()
-        self.reference_cost = self.cost_model.cost(self.reference_config)
+        self.measured = isinstance(profile, MeasuredTarget)
+        if self.measured:
+            self.cost_model = None
+            self.reference_config = CompressionConfig()  # measured targets run float natively
+        else:
+            self.cost_model = CostModel(table, profile)
+            self.reference_config = self.cost_model.reference()
+            self.reference_cost = self.cost_model.cost(self.reference_config)
+        self._reference_measurement = None
         self._baseline_logits: torch.Tensor | None = None
         self._baseline_accuracy: float | None = None
 
@@ -106,6 +122,9 @@ class Evaluator:
     def baseline_metrics(self) -> Metrics:
         """The uncompressed model (float accuracy) at the target's reference precision."""
         m = self.cost_metrics(self.reference_config)
+        if self.measured:
+            self._fill_measurement(m, self.reference_measurement)
+            m.energy_reduction = 1.0
         m.accuracy, m.accuracy_drop, m.sqnr_db = self.baseline_accuracy, 0.0, math.inf
         m.size_bytes = resolve(self.table, CompressionConfig()).size_bytes  # fp32 weights
         return m
@@ -123,8 +142,12 @@ class Evaluator:
         return config.with_default_bits(self.table, ref.weights, ref.activations)
 
     def cost_metrics(self, config: CompressionConfig) -> Metrics:
-        """Size, MACs, latency and energy from the LayerTable and the config alone."""
+        """Size, MACs, latency and energy from the LayerTable and the config alone (on a
+        measured target latency and energy stay None until :meth:`measure`)."""
         r = resolve(self.table, config)
+        if self.measured:
+            return Metrics(size_bytes=r.size_bytes, params=r.params, macs=int(r.macs.sum()),
+                           latency_ms=None, energy_mj=None, energy_reduction=None)
         cost = self.cost_model.cost(r)
         bits = r.wbits[r.present]
         return Metrics(size_bytes=r.size_bytes, params=r.params, macs=int(r.macs.sum()),
@@ -132,6 +155,30 @@ class Evaluator:
                        latency_ms=cost.latency_s * 1e3, energy_mj=cost.energy_j * 1e3,
                        energy_reduction=self.reference_cost.energy_j / cost.energy_j,
                        cost_origin=cost.origin)
+
+    # -- measured targets -------------------------------------------------------------------------
+    @property
+    def reference_measurement(self):
+        """The uncompressed model timed on the measured target, once per process."""
+        if self._reference_measurement is None:
+            self._reference_measurement = self.profile.measure(self.model, self.table.input_shape)
+        return self._reference_measurement
+
+    def _fill_measurement(self, m: Metrics, meas) -> None:
+        m.latency_ms, m.latency_spread_ms = meas.latency_s * 1e3, meas.spread_s * 1e3
+        m.energy_mj = meas.energy_j * 1e3
+        m.cost_origin, m.energy_origin = meas.latency_origin, meas.energy_origin
+        if meas.integer_kernels is not None:
+            m.notes.append(f"onnxruntime: {meas.integer_kernels} node(s) on integer kernels")
+
+    def measure(self, compressed: nn.Module, metrics: Metrics) -> Metrics:
+        """Latency and energy of a built candidate on the measured target, and its energy
+        reduction against the uncompressed model measured the same way in this process."""
+        t0 = time.perf_counter()
+        self._fill_measurement(metrics, self.profile.measure(compressed, self.table.input_shape))
+        metrics.energy_reduction = self.reference_measurement.energy_j * 1e3 / metrics.energy_mj
+        metrics.eval_seconds += time.perf_counter() - t0
+        return metrics
 
     @property
     def screening(self) -> Recovery:
@@ -144,15 +191,20 @@ class Evaluator:
                      seed=self.seed)
 
     def evaluate(self, config: CompressionConfig, metrics: Metrics | None = None, *,
-                 fidelity: str = "full") -> Metrics:
+                 fidelity: str = "full", compressed: nn.Module | None = None) -> Metrics:
         """Build the compressed model and measure accuracy and quantisation error, at the
-        ``screen`` fidelity (no fine-tuning) or the ``full`` one (the recovery budget)."""
+        ``screen`` fidelity (no fine-tuning) or the ``full`` one (the recovery budget).
+        ``compressed``: the model already built at that fidelity (a measured target built it)."""
         t0 = time.perf_counter()
         m = metrics or self.cost_metrics(config)
+        spent_before = m.eval_seconds
         recovery = self.recovery if fidelity == "full" else self.screening
         m.fidelity = "full" if recovery.finetune_steps > 0 else "screen"
-        torch.manual_seed(self.seed)
-        compressed = self.build(config, recovery)
+        if compressed is None:
+            torch.manual_seed(self.seed)
+            compressed = self.build(config, recovery)
+        if self.measured and m.latency_ms is None:
+            self.measure(compressed, m)
         logits = predict(compressed, self.data.val_x)
         m.accuracy = accuracy(logits, self.data.val_y, self.metric)
         m.accuracy_drop = 100.0 * (self.baseline_accuracy - m.accuracy)
@@ -163,5 +215,5 @@ class Evaluator:
         m.weight_sqnr_min_db = min(m.weight_sqnr_db.values(), default=None)
         if m.fidelity == "screen":
             m.accuracy_screen = m.accuracy
-        m.eval_seconds += time.perf_counter() - t0
+        m.eval_seconds = spent_before + time.perf_counter() - t0
         return m

@@ -1,5 +1,6 @@
 """Getting a chosen candidate out: its config (JSON / YAML), a per-layer table (CSV) and the
-compressed model itself (TorchScript, which loads with plain ``torch.jit.load``)."""
+compressed model itself (TorchScript, which loads with plain ``torch.jit.load``, or ONNX with
+QuantizeLinear / DequantizeLinear, which onnxruntime and TensorRT read)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from autocompress.config import FLOAT_BITS, CompressionConfig, effective_ratios,
 from autocompress.graph import LayerTable
 from autocompress.utils import atomic_write_text
 
-FORMATS = ("json", "yaml", "csv", "torch")
+FORMATS = ("json", "yaml", "csv", "torch", "onnx")
 
 
 def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
@@ -66,4 +67,8 @@ def export(config: CompressionConfig, table: LayerTable, fmt: str, out: str | Pa
         atomic_write_text(out, layer_table(table, config).to_csv(index=False))
         return "per-layer table (CSV)"
     model = model_builder()
+    if fmt == "onnx":
+        from autocompress.onnx_export import export_onnx
+
+        return export_onnx(model, torch.zeros((1, *table.input_shape)), out).summary()
     return save_model(model, torch.zeros((1, *table.input_shape)), out)

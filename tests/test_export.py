@@ -61,3 +61,23 @@ def test_export_errors_are_one_line(run_dir, tmp_path):
     assert r.returncode == 2 and "is not a run directory" in r.stderr
     r = cli("export", str(run_dir), "--pick", "99", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "has no trial 99" in r.stderr
+
+
+@pytest.mark.slow
+def test_export_onnx_reproduces_the_trial(run_dir, tmp_path, digits):
+    import onnx
+    import onnxruntime as ort
+
+    best = _best(run_dir)
+    record = next(t for t in _trials(run_dir) if t["trial"] == best["trial"])
+    r = cli("export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0 and "ONNX opset 21, QDQ" in r.stdout, r.stderr[-1500:]
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    dq_weights = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    quantised = [name for name, lc in record["config"]["layers"].items() if lc.get("wbits")]
+    assert quantised and all(f"{name}.weight" in dq_weights for name in quantised)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": digits.val_x.numpy()})[0]
+    acc = float((logits.argmax(1) == digits.val_y.numpy()).mean())
+    assert abs(acc - record["metrics"]["accuracy"]) * 100 <= 0.5

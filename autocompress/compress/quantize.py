@@ -3,6 +3,9 @@
 Weights: symmetric, per output channel, b bits -> integers in [-(2^(b-1)-1), 2^(b-1)-1] times one
 fp32 scale per channel. Activations (a layer's input): per tensor, calibrated on a few batches;
 unsigned when the calibration data never goes negative (after a ReLU), else symmetric.
+
+The scales stay on the modules (``weight_bits`` / ``weight_scale`` attributes on a quantised
+layer, :meth:`ActQuant.qparams`), so an exporter writes exactly the integers simulated here.
 """
 from __future__ import annotations
 
@@ -28,6 +31,13 @@ def quantize_weight_(weight: torch.Tensor, bits: int, clip: tuple[float, float] 
     return scale
 
 
+def weight_integers(module: nn.Module) -> torch.Tensor:
+    """The integers of a layer :func:`quantize_weights` quantised (weight / its scale, exact)."""
+    scale = module.weight_scale
+    w = module.weight.detach()
+    return torch.round(w / scale.reshape(-1, *([1] * (w.dim() - 1))))
+
+
 class ActQuant(nn.Module):
     """Fake-quantises a tensor per tensor; ``observe`` mode records its range first."""
 
@@ -39,6 +49,18 @@ class ActQuant(nn.Module):
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
 
+    @property
+    def signed(self) -> bool:
+        return not bool(self.lo >= 0)
+
+    def qparams(self) -> tuple[torch.Tensor, int, int]:
+        """(scale, qmin, qmax) of the calibrated range; the zero point is always 0."""
+        if not self.signed:  # unsigned
+            qmax = 2 ** self.bits - 1
+            return self.hi.clamp_min(1e-12) / qmax, 0, qmax
+        qmax = 2 ** (self.bits - 1) - 1
+        return torch.maximum(self.hi.abs(), self.lo.abs()).clamp_min(1e-12) / qmax, -qmax, qmax
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
             self.lo = torch.minimum(self.lo, x.detach().min())
@@ -46,13 +68,7 @@ class ActQuant(nn.Module):
             if self.clip is not None:  # the range is the observed one, within the clipping range
                 self.lo, self.hi = self.lo.clamp(self.clip[0], self.clip[1]), self.hi.clamp(self.clip[0], self.clip[1])
             return x
-        if self.lo >= 0:  # unsigned
-            qmin, qmax = 0, 2 ** self.bits - 1
-            scale = self.hi.clamp_min(1e-12) / qmax
-        else:
-            qmax = 2 ** (self.bits - 1) - 1
-            qmin = -qmax
-            scale = torch.maximum(self.hi.abs(), self.lo.abs()).clamp_min(1e-12) / qmax
+        scale, qmin, qmax = self.qparams()
         return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
 
 
@@ -68,7 +84,9 @@ def quantize_weights(model: nn.Module, wbits: dict[str, int],
         signal = noise = 0.0
         for layer in layers:
             before = layer.weight.detach().clone()
-            quantize_weight_(layer.weight, bits, clip)
+            # plain attributes, not buffers: the state dict (and TorchScript export) stay as they were
+            layer.weight_scale = quantize_weight_(layer.weight, bits, clip)
+            layer.weight_bits = bits
             signal += float((before ** 2).sum())
             noise += float(((before - layer.weight.detach()) ** 2).sum())
         sqnr[name] = 999.0 if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)

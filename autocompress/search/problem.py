@@ -2,7 +2,9 @@
 
 Like a pymoo Problem, it evaluates one assignment of the space's parameters; unlike one, it
 checks the constraints knowable without data first, so a candidate that breaks them is
-recorded as infeasible without its accuracy ever being computed.
+recorded as infeasible without its accuracy ever being computed. On a measured target latency
+and energy are known only after building: the candidate is built and timed first, and a
+latency or energy failure is still rejected before accuracy.
 """
 from __future__ import annotations
 
@@ -85,10 +87,10 @@ class Constraints:
             return (m.params - limit) / max(limit, 1)
         if name == "max_macs":
             return (m.macs - limit) / max(limit, 1)
-        if name == "max_latency_ms":
-            return m.latency_ms - limit
+        if name == "max_latency_ms":  # None: a measured target has not timed it yet
+            return None if m.latency_ms is None else m.latency_ms - limit
         if name == "min_energy_reduction":
-            return limit - m.energy_reduction
+            return None if m.energy_reduction is None else limit - m.energy_reduction
         if name == "min_sqnr_db":
             return None if m.sqnr_db is None else limit - min(m.sqnr_db, 999.0)
         if name == "max_quant_error":
@@ -105,6 +107,11 @@ class Constraints:
 
     DATA_FREE = ("max_size_mb", "max_params", "max_macs", "max_latency_ms", "min_energy_reduction",
                  "max_bits", "min_bits")
+
+    def data_free_broken(self, m: Metrics) -> tuple[dict[str, float | None], bool]:
+        """Violations, and whether a constraint knowable without data is already broken."""
+        v = self.violations(m)
+        return v, any(v[k] is not None and v[k] > 0 for k in self.DATA_FREE if k in v)
 
 
 @dataclass
@@ -141,14 +148,18 @@ class Problem:
             config = self.constraints.bound_bits(config, self.space.table)
             record["config"] = config.to_dict()
             metrics = self.evaluator.cost_metrics(config)
-            violations = self.constraints.violations(metrics)
-            if any(violations[k] is not None and violations[k] > 0 for k in self.constraints.DATA_FREE
-                   if k in violations):
+            violations, broken = self.constraints.data_free_broken(metrics)
+            built = None
+            if not broken and self.evaluator.measured:  # latency and energy: build and time it first
+                built = self.evaluator.build(config, self.evaluator.screening)
+                metrics = self.evaluator.measure(built, metrics)
+                violations, broken = self.constraints.data_free_broken(metrics)
+            if broken:
                 record["status"] = "infeasible"
                 record["screened"] = True  # no accuracy computed
             else:
                 two_fidelities = self.evaluator.recovery.finetune_steps > 0
-                metrics = self.evaluator.evaluate(config, metrics, fidelity="screen")
+                metrics = self.evaluator.evaluate(config, metrics, fidelity="screen", compressed=built)
                 if two_fidelities and self.promising(metrics, front or []):
                     screen = metrics.accuracy
                     metrics = self.evaluator.evaluate(config, metrics, fidelity="full")

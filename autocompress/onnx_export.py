@@ -1,0 +1,274 @@
+"""ONNX export of a compressed model in QDQ form (QuantizeLinear / DequantizeLinear).
+
+* Weights of a quantised layer: an integer initializer (INT8 for 5-8 bits, INT4 for <= 4 bits,
+  opset 21; INT16 for 16) -> DequantizeLinear with one scale per output channel (axis 0). The
+  integers are exactly the ones the fake-quantised PyTorch model computes with; a 3-bit layer's
+  values lie in [-3, 3] inside its INT4 container (ONNX does not record the true width).
+* Activations of a layer with activation bits: QuantizeLinear -> DequantizeLinear per tensor
+  with the calibrated scale (zero point 0; UINT8 after a ReLU, else INT8); below 8 bits a Clip
+  to the true range comes first.
+* Batch norm that directly follows a conv is folded into it. For a quantised conv this only
+  rescales the per-channel scale (the integers stay), so the file is exact, and the conv's
+  bias becomes INT32 (scale = input scale x weight scale): the pattern onnxruntime turns into
+  integer kernels (QLinearConv) on CPU.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress._errors import UserError
+from autocompress.compress.quantize import ActQuant, weight_integers
+
+__all__ = ["export_onnx", "OnnxExport", "onnx_session", "INT4_OPSET"]
+
+INT4_OPSET = 21  # INT4 / UINT4 tensors (and so INT4 DequantizeLinear inputs) need opset 21
+EXPORT_OPSET = 18  # what torch's TorchScript exporter writes; raised to 21 afterwards (no op used changes meaning)
+
+
+@dataclass
+class OnnxExport:
+    """What was written: per quantised layer, its storage type and bits."""
+
+    path: Path
+    opset: int
+    weights: dict[str, str] = field(default_factory=dict)  # layer -> "INT8" / "INT4" / "INT16"
+    activations: dict[str, str] = field(default_factory=dict)  # layer -> "UINT8" / "INT8" ...
+    integer_bias: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kinds = {}
+        for t in self.weights.values():
+            kinds[t] = kinds.get(t, 0) + 1
+        w = ", ".join(f"{n} {t}" for t, n in sorted(kinds.items())) or "none"
+        return (f"ONNX opset {self.opset}, QDQ: quantised weights {w}; {len(self.activations)} activation "
+                f"QDQ pairs; onnxruntime loads it without autocompress")
+
+
+# -- activations: a custom autograd function whose ONNX form is [Clip] -> Q -> DQ -----------------
+class _ActQDQ(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale: float, qmin: int, qmax: int, bits: int):  # noqa: D102
+        s = torch.tensor(scale, dtype=x.dtype)
+        return torch.clamp(torch.round(x / s), qmin, qmax) * s
+
+    @staticmethod
+    def symbolic(g, x, scale: float, qmin: int, qmax: int, bits: int):  # noqa: D102
+        signed = qmin < 0
+        dtype = (torch.int8 if signed else torch.uint8) if bits <= 8 else torch.int16
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        zp = g.op("Constant", value_t=torch.tensor(0, dtype=dtype))
+        type_min, type_max = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+        if qmin > type_min or qmax < type_max:  # narrower than the type (symmetric INT8 stops at -127)
+            lo = g.op("Constant", value_t=torch.tensor(qmin * scale, dtype=torch.float32))
+            hi = g.op("Constant", value_t=torch.tensor(qmax * scale, dtype=torch.float32))
+            x = g.op("Clip", x, lo, hi)
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
+
+
+class _ExportActQuant(nn.Module):
+    def __init__(self, q: ActQuant):
+        super().__init__()
+        scale, self.qmin, self.qmax = q.qparams()
+        self.scale, self.bits = float(scale), q.bits
+        if not 0 < q.bits <= 16 or (not q.signed and q.bits > 8):
+            raise UserError(f"activation bits {q.bits} (unsigned) have no ONNX QDQ type here; use <= 8")
+
+    def forward(self, x):
+        return _ActQDQ.apply(x, self.scale, self.qmin, self.qmax, self.bits)
+
+
+# -- preparing the module: fold batch norm, remember integers and scales -------------------------
+@dataclass
+class _QLayer:
+    q: torch.Tensor  # integer values (float tensor holding integers)
+    scale: torch.Tensor  # per output channel, > 0
+    bits: int
+    input_scale: float | None  # the layer's input activation scale, if quantised
+
+
+def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv, bn) pairs where the batch norm reads exactly the conv's output tensor."""
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o: produced.__setitem__(id(o), names[mod])))
+        elif isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o: pairs.append((produced[id(i[0])], names[mod])) if id(i[0]) in produced else None))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(pairs))
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, qlayer: _QLayer | None) -> None:
+    f = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)
+    bias = (f * (b - bn.running_mean.double()) + bn.bias.detach().double()).float()
+    if qlayer is not None:  # the integers stay; the per-channel scale absorbs the BN factor
+        scale = qlayer.scale.double() * f
+        sign = torch.where(scale < 0, -1.0, 1.0).double()
+        qlayer.q = qlayer.q * sign.float().reshape(-1, 1, 1, 1)
+        qlayer.scale = (scale * sign).clamp_min(1e-30).float()
+        weight = qlayer.q * qlayer.scale.reshape(-1, 1, 1, 1)
+    else:
+        weight = (conv.weight.detach().double() * f.reshape(-1, 1, 1, 1)).float()
+    conv.weight = nn.Parameter(weight)
+    conv.bias = nn.Parameter(bias)
+
+
+def _prepare(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dict[str, _QLayer], dict[str, str]]:
+    m = copy.deepcopy(model).eval()
+    modules = dict(m.named_modules())
+    qlayers: dict[str, _QLayer] = {}
+    acts: dict[str, str] = {}
+    for name, mod in modules.items():
+        if getattr(mod, "weight_bits", None) is not None:
+            inq = getattr(mod, "input_quant", None)
+            qlayers[name] = _QLayer(weight_integers(mod), mod.weight_scale.detach().clone(), mod.weight_bits,
+                                    float(inq.qparams()[0]) if isinstance(inq, ActQuant) else None)
+    for conv_name, bn_name in _conv_bn_pairs(m, example):
+        _fold(modules[conv_name], modules[bn_name], qlayers.get(conv_name))
+        parent, _, child = bn_name.rpartition(".")
+        setattr(modules[parent] if parent else m, child, nn.Identity())
+    for name, mod in modules.items():
+        inq = getattr(mod, "input_quant", None)
+        if isinstance(inq, ActQuant):
+            if inq.observing:
+                raise UserError(f"layer {name!r}: activation quantiser was never calibrated")
+            mod.input_quant = _ExportActQuant(inq)
+            signed = inq.signed
+            acts[name] = ("INT" if signed else "UINT") + ("8" if inq.bits <= 8 else "16")
+    return m, qlayers, acts
+
+
+# -- writing the graph ---------------------------------------------------------------------------
+def _weight_type(bits: int, int4: bool):
+    from onnx import TensorProto
+
+    if bits <= 4 and int4:
+        return TensorProto.INT4, "INT4"
+    if bits <= 8:
+        return TensorProto.INT8, "INT8"
+    return TensorProto.INT16, "INT16"
+
+
+def _int_tensor(name: str, onnx_type: int, values: np.ndarray):
+    """An integer initializer as raw bytes (a list of millions of ints is slow to build); INT4
+    packs two values per byte, the first in the low nibble, as the ONNX spec says."""
+    from onnx import TensorProto, helper
+
+    flat = values.reshape(-1)
+    if onnx_type == TensorProto.INT4:
+        nibbles = (flat.astype(np.int8).view(np.uint8) & 0x0F).astype(np.uint8)
+        if len(nibbles) % 2:
+            nibbles = np.append(nibbles, np.uint8(0))
+        raw = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+    else:
+        dtype = {TensorProto.INT8: np.int8, TensorProto.INT16: np.int16}[onnx_type]
+        raw = flat.astype(dtype).tobytes()
+    return helper.make_tensor(name, onnx_type, list(values.shape), raw, raw=True)
+
+
+def _quantise_graph(proto, qlayers: dict[str, _QLayer], int4: bool, info: OnnxExport) -> None:
+    """Replace each quantised layer's float weight initializer by integers -> DequantizeLinear,
+    and its bias by INT32 -> DequantizeLinear where the input is quantised too."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    new_nodes = []
+    for name, ql in qlayers.items():
+        wname = f"{name}.weight"
+        if wname not in inits:
+            raise RuntimeError(f"ONNX export: no initializer {wname!r} (the exporter renamed it)")
+        onnx_type, label = _weight_type(ql.bits, int4)
+        ints = ql.q.numpy().astype(np.int64)
+        cout = ints.shape[0]
+        graph.initializer.remove(inits[wname])
+        q_t = _int_tensor(f"{wname}_quantized", onnx_type, ints)
+        s_t = numpy_helper.from_array(ql.scale.numpy().astype(np.float32), f"{wname}_scale")
+        z_t = _int_tensor(f"{wname}_zero_point", onnx_type, np.zeros(cout, np.int64))
+        graph.initializer.extend([q_t, s_t, z_t])
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_t.name, s_t.name, z_t.name], [wname],
+                                          name=f"{wname}_DequantizeLinear", axis=0))
+        info.weights[name] = label
+        bname = f"{name}.bias"
+        if ql.input_scale is not None and bname in inits:
+            bias = numpy_helper.to_array(inits[bname]).astype(np.float64)
+            bscale = (ql.input_scale * ql.scale.double().numpy()).astype(np.float32)
+            bint = np.clip(np.round(bias / bscale.astype(np.float64)), -2**31, 2**31 - 1).astype(np.int32)
+            graph.initializer.remove(inits[bname])
+            graph.initializer.extend([numpy_helper.from_array(bint, f"{bname}_quantized"),
+                                      numpy_helper.from_array(bscale, f"{bname}_scale"),
+                                      numpy_helper.from_array(np.zeros(cout, np.int32), f"{bname}_zero_point")])
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bname}_quantized", f"{bname}_scale",
+                                                                   f"{bname}_zero_point"], [bname],
+                                              name=f"{bname}_DequantizeLinear", axis=0))
+            info.integer_bias.append(name)
+    # nodes must stay topologically sorted: the dequantisers go first (they read initializers only)
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + old)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, int4: bool = True) -> OnnxExport:
+    """Write ``model`` (a compressed model from :func:`autocompress.compress.apply`) as QDQ ONNX.
+
+    ``int4=False`` stores <= 4-bit weights in INT8 containers (same values): onnxruntime's CPU
+    kernels then compute those layers in integers too, where INT4 ones run as float convs."""
+    import warnings
+
+    import onnx
+
+    path = Path(path)
+    prepared, qlayers, acts = _prepare(model, example[:1])
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(prepared, (example[:1],), str(tmp), dynamo=False, opset_version=EXPORT_OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+    try:
+        proto = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = OnnxExport(path, INT4_OPSET, activations=acts)
+    _quantise_graph(proto, qlayers, int4, info)
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = INT4_OPSET
+    proto.producer_name = "autocompress"
+    onnx.checker.check_model(proto, full_check=True)
+    from autocompress.utils import _atomic
+
+    _atomic(path, lambda f: f.write(proto.SerializeToString()))
+    return info
+
+
+def onnx_session(path: str | Path, threads: int | None = None, *, optimized_path: str | Path | None = None):
+    """An onnxruntime CPU session with every graph optimisation (QDQ -> integer kernels);
+    ``optimized_path`` keeps the graph it will run (to see which kernels it chose)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
