@@ -101,6 +101,23 @@ class LayerTable:
         rows = [{**asdict(layer), "params": layer.params} for layer in self.layers]
         return pd.DataFrame(rows)
 
+    # plain data for the run directory: the report costs any trial from it without the model
+    def to_dict(self) -> dict:
+        return {"layers": [asdict(layer) for layer in self.layers],
+                "groups": {k: asdict(g) for k, g in self.groups.items()},
+                "input_shape": list(self.input_shape), "total_params": self.total_params,
+                "other_params": self.other_params, "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerTable":
+        def tuples(d: dict) -> dict:  # JSON turned the tuples into lists
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        return cls(layers=[Layer(**tuples(x)) for x in data["layers"]],
+                   groups={k: ChannelGroup(**tuples(g)) for k, g in data["groups"].items()},
+                   input_shape=tuple(data["input_shape"]), total_params=data["total_params"],
+                   other_params=data.get("other_params", 0), notes=list(data.get("notes", [])))
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_by_name", None)
