@@ -203,6 +203,9 @@ class Report:
         if len(c):
             ax.step(c["trial"] + 1, c["hypervolume"], where="post", color="tab:blue")
             ax.plot(c["trial"] + 1, c["hypervolume"], "o", ms=3, color="tab:blue")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trials finished")
         ax.set_ylabel("hypervolume of the feasible set")
         objs = ", ".join(f"{k} ({v})" for k, v in (self.settings.get("search", {}).get("objectives") or {}).items())
