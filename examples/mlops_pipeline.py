@@ -24,6 +24,8 @@ def log_to_mlflow(result, args, best, artifacts: list[Path], tracking_uri: str) 
         print("MLflow is not installed: skipping MLflow logging (pip install 'autocompress[mlflow]')")
         return None
     mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name("autocompress") is None:  # artifacts beside the database, not in the cwd
+        mlflow.create_experiment("autocompress", artifact_location=(Path(args.out).resolve().parent / "mlartifacts").as_uri())
     mlflow.set_experiment("autocompress")
     with mlflow.start_run(run_name=result.run_dir.name) as run:
         mlflow.log_params({"model": args.model, "target": args.target, "trials": args.trials,
@@ -54,7 +56,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", default="runs/pipeline")
-    ap.add_argument("--mlflow-uri", default=None, help="tracking URI (default: a file store beside the run)")
+    ap.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite:///<beside the run>/mlflow.db)")
     args = ap.parse_args()
 
     result = autocompress.search(args.model, data="digits", target=args.target, trials=args.trials,
@@ -66,7 +68,7 @@ def main() -> int:
     config = result.export(best, "yaml", out / "best.yaml")
     model = result.export(best, "torch", out / "best.pt")
     artifacts = [config, model, result.report_path, result.run_dir / "pareto.csv", result.run_dir / "pareto.png"]
-    uri = args.mlflow_uri or (out.resolve().parent / "mlruns").as_uri()
+    uri = args.mlflow_uri or f"sqlite:///{out.resolve().parent / 'mlflow.db'}"
     run_id = log_to_mlflow(result, args, best, artifacts, uri)
     print("RESULT " + json.dumps({"run_dir": str(result.run_dir), "trial": int(best["trial"]),
                                   "energy_reduction": float(best["energy_reduction"]), "gate_passed": passed,

@@ -84,9 +84,12 @@ def test_mlops_pipeline_logs_to_mlflow_when_installed(runs):
     except ImportError:
         assert "MLflow is not installed: skipping MLflow logging" in stdout and res["mlflow_run_id"] is None
         return
-    mlflow_run = mlflow.MlflowClient(tracking_uri=(Path(res["run_dir"]).parent / "mlruns").as_uri()).get_run(res["mlflow_run_id"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{Path(res['run_dir']).parent / 'mlflow.db'}")
+    mlflow_run = client.get_run(res["mlflow_run_id"])
     assert mlflow_run.data.metrics["best_energy_reduction"] == pytest.approx(res["energy_reduction"])
     assert mlflow_run.data.params["trials"] == "2"
+    logged = {a.path for a in client.list_artifacts(res["mlflow_run_id"])}
+    assert {"report.html", "best.yaml", "pareto.csv"} <= logged
 
 
 def test_custom_hardware_costs_on_its_own_profile(runs):
