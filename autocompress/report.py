@@ -99,11 +99,11 @@ class Report:
         fig = self.picked_figures()
         if fig is not None:
             be = fig["break_even_inferences"]
-            be_text = ("unknown (no search energy)" if be is None else "never (it saves no energy)" if math.isinf(be)
-                       else f"{be:,.0f} inferences")
-            lines.append(f"Chosen candidate: trial {self.pick} ({self.pick_reason}). Break-even: {be_text} "
-                         f"(search energy spent on this machine / energy saved per inference, modeled on "
-                         f"{inp.get('target')}).")
+            be_text = ("unknown (the search's energy was not recorded)" if be is None
+                       else "never (it saves no energy)" if math.isinf(be)
+                       else f"{be:,.0f} inferences (search energy spent on this machine / energy saved per "
+                            f"inference, modeled on {inp.get('target')})")
+            lines.append(f"Chosen candidate: trial {self.pick} ({self.pick_reason}). Break-even: {be_text}.")
             base_fp = footprint_g(0.0, self.baseline["energy_mj"], self.carbon)
             lines.append(f"Footprint at {self.carbon.queries:,.0f} queries: {fig['footprint_g'] / 1e3:,.3f} kgCO2e "
                          f"with trial {self.pick} (search included) vs {base_fp / 1e3:,.3f} kgCO2e uncompressed.")
