@@ -144,8 +144,21 @@ class SearchResult:
     recovery: Recovery = Recovery()
     seed: int = 0
     metric: str = "top1"
+    report_path: Path | None = None
 
-    def config(self, trial: int) -> CompressionConfig:
+    def _trial(self, candidate) -> int:
+        """A trial number from an int, a Pareto row (``best()``) or ``"best"``."""
+        if isinstance(candidate, str) and candidate == "best":
+            return int(self.best()["trial"])
+        if isinstance(candidate, (pd.Series, dict)):
+            return int(candidate["trial"])
+        try:
+            return int(candidate)
+        except (TypeError, ValueError):
+            raise UserError(f"a candidate is a trial number, a Pareto row or 'best', not {candidate!r}") from None
+
+    def config(self, trial) -> CompressionConfig:
+        trial = self._trial(trial)
         for r in self.records:
             if int(r["trial"]) == int(trial) and r.get("config"):
                 return CompressionConfig.from_dict(r["config"])
@@ -161,12 +174,16 @@ class SearchResult:
         ascending = objective in ("size_bytes", "latency_ms", "energy_mj", "accuracy_drop")
         return rows.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
 
-    def apply(self, trial: int, model: nn.Module | None = None) -> nn.Module:
+    def apply(self, trial, model: nn.Module | None = None) -> nn.Module:
         """Build the compressed model of ``trial`` (from the searched model by default), with
-        the recovery that trial's metrics were measured after."""
+        the recovery that trial's metrics were measured after. ``apply(model, candidate)``
+        works too; a candidate is a trial number, a Pareto row or ``"best"``."""
         from dataclasses import replace
 
-        if self.prepared is None and model is None:
+        if isinstance(trial, nn.Module):  # apply(model, candidate)
+            trial, model = (model if model is not None else "best"), trial
+        trial = self._trial(trial)
+        if self.prepared is None:
             raise UserError("give the model to apply the config to")
         prep = self.prepared
         base = model if model is not None else prep.model
@@ -175,6 +192,32 @@ class SearchResult:
         if (record.get("metrics") or {}).get("fidelity") == "screen":
             recovery = replace(recovery, finetune_steps=0)
         return apply(base, prep.table, self.config(trial), data=prep.data, recovery=recovery, seed=self.seed)
+
+    def export(self, candidate="best", fmt: str = "yaml", path: str | Path | None = None) -> Path:
+        """Write ``candidate`` (trial number, Pareto row or ``"best"``) as ``fmt``: yaml / json
+        (its CompressionConfig), csv (per-layer table) or torch (the compressed model)."""
+        from autocompress.export import FORMATS, export as do_export
+
+        if fmt not in FORMATS:
+            raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+        trial = self._trial(candidate)
+        suffix = {"yaml": "yaml", "json": "json", "csv": "csv", "torch": "pt"}.get(fmt, fmt)
+        path = Path(path) if path is not None else self.run_dir / f"trial{trial}.{suffix}"
+        table = self.prepared.table if self.prepared is not None else RunDirectory(self.run_dir).layers()[0]
+        do_export(self.config(trial), table, fmt, path, model_builder=lambda: self.apply(trial))
+        return path
+
+    def report(self, pick=None, *, grid_gco2_kwh: float | None = None, pue: float | None = None,
+               country: str | None = None, queries: float | None = None) -> Path:
+        """Write report.html and its PNG plots into the run directory; returns the HTML path."""
+        from autocompress.carbon import carbon_settings
+        from autocompress.report import build_report
+
+        stored = RunDirectory(self.run_dir).settings.get("carbon")
+        carbon = carbon_settings(grid_gco2_kwh, pue, country, queries, stored=stored)
+        rep = build_report(self.run_dir, pick=None if pick is None else self._trial(pick), carbon=carbon)
+        self.report_path = rep.write()
+        return self.report_path
 
     def reproduce(self, trial: int) -> Metrics:
         """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
@@ -227,14 +270,23 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            ray_address: str | None = None,
            out: str | Path | None = None, resume: str | Path | None = None,
            log: Callable[[str], None] = print, on_trial: Callable[[dict, list[dict]], None] | None = None,
-           prepared: Prepared | None = None, raise_if_infeasible: bool = True) -> SearchResult:
+           prepared: Prepared | None = None, raise_if_infeasible: bool = True,
+           grid_gco2_kwh: float | None = None, pue: float | None = None, country: str | None = None,
+           measure_energy: bool = True, report: bool = True) -> SearchResult:
     """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
 
     ``model`` is a zoo name, ``module:callable`` or an nn.Module (used as trained); data is
     ``data`` (a name) or ``train_data``/``val_data`` (torch Datasets or DataLoaders). No global
     state is kept: calling it twice in one process is safe.
+
+    ``grid_gco2_kwh`` / ``country`` and ``pue`` set the report's carbon figures (defaults: the
+    world-average grid and the industry-average PUE, see :mod:`autocompress.carbon`);
+    ``measure_energy`` tracks the search's own energy (codecarbon); ``report`` writes
+    report.html and its plots into the run directory at the end.
     """
+    from autocompress.carbon import carbon_settings
     from autocompress.search.problem import OBJECTIVES
+    from autocompress.search_energy import SearchEnergyMeter
 
     if isinstance(constraints, dict):
         constraints = Constraints(**constraints)
@@ -255,6 +307,7 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                        ray_address=ray_address)
     recovery = recovery or Recovery()
+    carbon = carbon_settings(grid_gco2_kwh, pue, country)  # checked before anything is trained
     if resume is not None:
         rundir = RunDirectory(resume)
         if not (rundir.path / "settings.json").is_file():
@@ -286,12 +339,33 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
         baseline = evaluator.baseline_metrics().to_dict()
         settings = {"fingerprint": fingerprint, "inputs": prep.inputs, "space": bound.space.model_dump(),
                     "space_params": [p.name for p in bound.params], "recovery": asdict(recovery),
-                    "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_)}
+                    "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_),
+                    "carbon": {**carbon.to_dict(), "country": country}}
         rundir.create(settings, baseline)
-    records = run_search(problem, search_, run_, rundir, on_trial=on_trial)  # writes the tables
+    if not (rundir.path / "layers.json").exists():
+        rundir.write_layers(prep.table, prep.profile)
+    meter = SearchEnergyMeter(rundir.path, country).start() if measure_energy else None
+
+    def on_record(record, records_):
+        if meter is not None:
+            meter.update()  # a killed search keeps what it had spent up to its last trial
+        if on_trial is not None:
+            on_trial(record, records_)
+
+    try:
+        records = run_search(problem, search_, run_, rundir, on_trial=on_record)  # writes the tables
+    finally:
+        if meter is not None:
+            meter.stop()
     frame = trials_frame(records)
     pareto, hv = pareto_of(frame, objectives, reference_point(problem, rundir.baseline))
     result = SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
+    if report:
+        try:
+            result.report(grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country)
+        except Exception as e:  # noqa: BLE001 - the search's results are on disk either way
+            log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
+                f"try: autocompress report {rundir.path}")
     if pareto.empty and raise_if_infeasible:
         raise NothingFeasible(f"no candidate met the constraints; every trial is recorded in "
                               f"{rundir.path}/trials.csv (loosen a constraint or raise the trial budget)",

@@ -1,4 +1,4 @@
-"""Command line: ``autocompress search | profile | targets | calibrate | export | apply``. Thin:
+"""Command line: ``autocompress search | report | profile | targets | calibrate | export | apply``. Thin:
 parses, calls the API, prints.
 
 Bad input ends in one line on stderr and exit code 2 (3 when a search finds nothing feasible).
@@ -83,8 +83,11 @@ def search(
     ray_address: Optional[str] = typer.Option(None, help="run the trials on an existing Ray cluster"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<target>-<time>)"),
     resume: Optional[Path] = typer.Option(None, help="continue a killed search from its run directory"),
+    grid_gco2_kwh: Optional[float] = typer.Option(None, help="grid carbon intensity for the report (default: world average 475, IEA 2019)"),
+    pue: Optional[float] = typer.Option(None, help="data-centre PUE for the report (default: 1.58, Uptime Institute 2023)"),
+    country: Optional[str] = typer.Option(None, help="ISO 3166 alpha-3 code: the grid intensity of that country (codecarbon's data)"),
 ):
-    """Search compressions of a model for a target; print the Pareto set."""
+    """Search compressions of a model for a target; print the Pareto set and write the report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     import autocompress.api as api
@@ -116,6 +119,9 @@ def search(
         load_space(space)
     recovery = Recovery(finetune_steps=finetune_steps)
     objs = [o.strip() for o in objectives.split(",") if o.strip()]
+    from autocompress.carbon import carbon_settings
+
+    carbon_settings(grid_gco2_kwh, pue, country)  # bad figures fail now, not after the search
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
     prep = api.prepare(model, data, target, weights=str(weights) if weights else None, input_shape=input_shape,
@@ -126,11 +132,13 @@ def search(
         console.print(f"  {note}", style="dim")
 
     progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("feasible {task.fields[feasible]}"), TextColumn("best energy reduction {task.fields[best]}"),
+                        TextColumn("feasible {task.fields[feasible]}"),
+                        TextColumn("best feasible energy reduction {task.fields[best]}"),
                         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
     task = progress.add_task("search", total=trials, feasible=0, best="-")
 
     def on_trial(record, records):
+        # "ok" is a trial that met every constraint: the best is within the constraints
         ok = [r for r in records if r["status"] == "ok"]
         best = max((r["metrics"]["energy_reduction"] for r in ok), default=None)
         progress.update(task, completed=len(records), feasible=len(ok),
@@ -147,7 +155,8 @@ def search(
                                 constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
                                 recovery=recovery, metric=metric, clip_range=clip, workers=workers,
                                 cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address,
-                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial)
+                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
+                                grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country)
     except NothingFeasible as e:
         _print_result(e.result, prep.profile, time.time() - t0)
         raise
@@ -185,6 +194,17 @@ def _resources(text: Optional[str]) -> tuple[Optional[float], float]:
     return found.get("cpu"), found.get("gpu", 0.0)
 
 
+def origin_sentence(origin: str, energy_origin: str) -> str:
+    """Where the cost figures come from, in one sentence: never a modeled figure as measured."""
+    if origin.startswith("measured:"):
+        energy = ("measured too" if energy_origin.startswith("measured:") else
+                  f"estimated from the measured time and a stated power ({energy_origin}), not measured")
+        return (f"Latency is measured on this machine ({origin}): median of the timed runs. Energy is {energy}. "
+                f"Accuracy is measured on the validation data; drop is against the uncompressed float model.")
+    return (f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
+            f"data; drop is against the uncompressed float model.")
+
+
 def _latest_run(out: Optional[Path]) -> str:
     if out:
         return str(out)
@@ -208,19 +228,65 @@ def _print_result(result, target, seconds: float) -> None:
     if result.pareto.empty:
         console.print(f"run directory: {result.run_dir}")
         return
-    console.print(pareto_table(result.pareto, result.baseline, origin,
-                               f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})",
-                               energy_origin))
-    if origin.startswith("measured:"):
-        energy = ("measured too" if energy_origin.startswith("measured:") else
-                  f"estimated from the measured time and a stated power ({energy_origin}), not measured")
-        console.print(f"Latency is measured on this machine ({origin}): median of the timed runs. Energy is "
-                      f"{energy}. Accuracy is measured on the validation data; drop is against the "
-                      f"uncompressed float model.")
+    if result.report_path is None:  # the report failed (said why): the plain table still shows the result
+        console.print(pareto_table(result.pareto, result.baseline, origin,
+                                   f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})",
+                                   energy_origin))
+        console.print(origin_sentence(origin, energy_origin))
     else:
-        console.print(f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
-                      f"data; drop is against the uncompressed float model.")
+        from autocompress.report import build_report
+        from autocompress.carbon import carbon_settings
+
+        rep = build_report(result.run_dir, carbon=carbon_settings(stored=_stored_carbon(result.run_dir)))
+        _print_report(rep)
     console.print(f"run directory: {result.run_dir}")
+
+
+def _stored_carbon(run_dir) -> dict | None:
+    from autocompress.search import RunDirectory
+    return RunDirectory(run_dir).settings.get("carbon")
+
+
+def _print_report(rep) -> None:
+    console.print(rep.rich_table())
+    for line in rep.summary_lines()[1:]:
+        console.print(line)
+    html_path = rep.run_dir / "report.html"
+    if html_path.exists():
+        pngs = ", ".join(p.name for p in sorted(rep.run_dir.glob("*.png")))
+        console.print(f"report: {html_path} (plots: {pngs})")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a search's run directory (finished or killed)"),
+    pick: str = typer.Option("best", help="candidate for the per-layer view: a trial number, or best (highest "
+                                          "energy reduction on the Pareto set within the accuracy limit)"),
+    max_acc_drop: Optional[float] = typer.Option(None, help="with --pick best: largest accepted accuracy drop"),
+    grid_gco2_kwh: Optional[float] = typer.Option(None, help="grid carbon intensity (default: as set for the search, "
+                                                             "else world average 475, IEA 2019)"),
+    pue: Optional[float] = typer.Option(None, help="data-centre PUE (default: as set for the search, else 1.58, Uptime Institute 2023)"),
+    country: Optional[str] = typer.Option(None, help="ISO 3166 alpha-3 code: the grid intensity of that country (codecarbon's data)"),
+    queries: Optional[float] = typer.Option(None, help="inferences served, for the lifecycle footprint (default 1e9)"),
+):
+    """Print the Pareto table and write report.html and its PNG plots into the run directory."""
+    from autocompress.carbon import carbon_settings
+    from autocompress.report import build_report
+
+    if not (run_dir / "settings.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
+    carbon = carbon_settings(grid_gco2_kwh, pue, country, queries, stored=_stored_carbon(run_dir))
+    if pick == "best":
+        trial = None
+    else:
+        try:
+            trial = int(pick)
+        except ValueError:
+            raise UserError(f"--pick must be a trial number or 'best', not {pick!r}") from None
+    rep = build_report(run_dir, pick=trial, carbon=carbon, max_acc_drop=max_acc_drop)
+    rep.write()
+    console.print(rep.summary_lines()[0])
+    _print_report(rep)
 
 
 @app.command()

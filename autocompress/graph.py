@@ -115,6 +115,26 @@ class LayerTable:
         rows = [{**asdict(layer), "params": layer.params} for layer in self.layers]
         return pd.DataFrame(rows)
 
+    # plain data for the run directory: the report costs any trial from it without the model
+    def to_dict(self) -> dict:
+        return {"layers": [asdict(layer) for layer in self.layers],
+                "groups": {k: asdict(g) for k, g in self.groups.items()},
+                "input_shape": list(self.input_shape), "total_params": self.total_params,
+                "other_params": self.other_params, "notes": list(self.notes),
+                "blocks": {k: asdict(b) for k, b in self.blocks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerTable":
+        def tuples(d: dict) -> dict:  # JSON turned the tuples (of tuples) into lists
+            return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                    for k, v in d.items()}
+
+        return cls(layers=[Layer(**tuples(x)) for x in data["layers"]],
+                   groups={k: ChannelGroup(**tuples(g)) for k, g in data["groups"].items()},
+                   input_shape=tuple(data["input_shape"]), total_params=data["total_params"],
+                   other_params=data.get("other_params", 0), notes=list(data.get("notes", [])),
+                   blocks={k: Block(**tuples(b)) for k, b in data.get("blocks", {}).items()})
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_by_name", None)

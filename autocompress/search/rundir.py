@@ -5,6 +5,10 @@ baseline.json   the uncompressed model's metrics and the reference point
 trials.jsonl    one finished trial per line, appended and fsynced as each one ends
 trials.csv      the same as a table, rewritten atomically
 pareto.csv/json the Pareto set of feasible trials and its hypervolume, after every trial
+layers.json     the LayerTable and the hardware profile: the report costs any trial per layer
+                from them, without the model (which a user's nn.Module run could not rebuild)
+search_energy.json  the search's own energy (autocompress.search_energy)
+report.html, *.png  the report (autocompress.report)
 """
 from __future__ import annotations
 
@@ -30,6 +34,26 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path / "settings.json", settings)
         atomic_write_json(self.path / "baseline.json", baseline)
+
+    def write_layers(self, table, profile) -> None:
+        """The LayerTable and the profile, so a report needs no model; a measured target is kept
+        by its spec (it has no per-layer model)."""
+        saved = profile.model_dump(mode="json") if hasattr(profile, "model_dump") else {"measured": profile.spec}
+        atomic_write_json(self.path / "layers.json", {"table": table.to_dict(), "profile": saved})
+
+    def layers(self):
+        """(LayerTable, HardwareProfile) as the search saw them, or None for an older run."""
+        path = self.path / "layers.json"
+        if not path.exists():
+            return None
+        from autocompress.graph import LayerTable
+        from autocompress.hardware import HardwareProfile
+
+        data = json.loads(path.read_text())
+        if "measured" in data["profile"]:
+            from autocompress.hardware import load_target
+            return LayerTable.from_dict(data["table"]), load_target(data["profile"]["measured"])
+        return LayerTable.from_dict(data["table"]), HardwareProfile.model_validate(data["profile"])
 
     @property
     def settings(self) -> dict:
