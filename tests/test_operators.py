@@ -182,3 +182,35 @@ def test_full_spaces_turn_every_knob_into_a_model(model, space):
                                                         for k, v in config.layers.items()}})
     built = apply(net, table, weights_only)  # activation ranges would need calibration data
     assert resolve(table, config).params == _compute_params(built)
+
+
+@pytest.mark.parametrize("model", ZOO)
+def test_8_bits_keep_top1_and_2_bits_visibly_degrade_it_on_every_zoo_model(model, digits):
+    """Each zoo model (narrow, trained briefly on digits; VGG on digits upsampled to 32 px, as its
+    five pools need) quantised to 8 bits everywhere (weights and activations) stays within 0.5
+    points of float top-1 on the held-out digits; 2-bit weights everywhere lose at least 5."""
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    from autocompress.compress.recover import predict, train
+    from autocompress.evaluate import accuracy
+
+    data = digits
+    if model == "vgg11_bn":
+        data = replace(digits, train_x=F.interpolate(digits.train_x, size=32), val_x=F.interpolate(digits.val_x, size=32))
+    shape = tuple(data.train_x.shape[1:])
+    torch.manual_seed(0)
+    net, _ = build_model(model, num_classes=10, input_shape=shape, width_mult=0.25 if model == "mobilenet_v2" else 0.125)
+    train(net, data, steps=100, lr=0.05, batch_size=64, seed=0)
+    net.eval()
+    table = trace(net, data.train_x[:1])
+    top1 = lambda m: accuracy(predict(m, data.val_x), data.val_y)  # noqa: E731
+    float_top1 = top1(net)
+    assert float_top1 > 0.8  # a model worth quantising
+    eight = apply(net, table, CompressionConfig(layers={n: LayerConfig(wbits=8, abits=8) for n in table.names}),
+                  data=data)
+    two = apply(net, table, CompressionConfig(layers={n: LayerConfig(wbits=2, abits=8) for n in table.names}),
+                data=data)
+    assert top1(eight) >= float_top1 - 0.005
+    assert top1(two) <= float_top1 - 0.05
