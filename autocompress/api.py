@@ -183,8 +183,8 @@ class SearchResult:
         if isinstance(trial, nn.Module):  # apply(model, candidate)
             trial, model = (model if model is not None else "best"), trial
         trial = self._trial(trial)
-        if self.prepared is None:
-            raise UserError("give the model to apply the config to")
+        if self.prepared is None:  # the LayerTable and the data for recovery come from the search
+            raise UserError("this result was not returned by search(): use autocompress.compress(model, config)")
         prep = self.prepared
         base = model if model is not None else prep.model
         record = next(r for r in self.records if int(r["trial"]) == int(trial))

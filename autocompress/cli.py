@@ -122,6 +122,9 @@ def search(
     from autocompress.carbon import carbon_settings
 
     carbon_settings(grid_gco2_kwh, pue, country)  # bad figures fail now, not after the search
+    from autocompress.search import SearchSettings
+
+    SearchSettings(trials=trials, algorithm=algorithm)  # a bad budget or algorithm too, before any training
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
     prep = api.prepare(model, data, target, weights=str(weights) if weights else None, input_shape=input_shape,
