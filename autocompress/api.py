@@ -408,7 +408,8 @@ def profile(model: str | nn.Module = "resnet18", target: str | HardwareProfile =
     frame.insert(1, "kind", [layer.kind for layer in prep.table.layers])
     r = resolve(prep.table, cfg)
     totals = {"model": prep.model_desc, "target": prep.profile.name, "input_shape": list(prep.table.input_shape),
-              "macs": int(r.macs.sum()), "params": r.params, "latency_ms": cost.latency_s * 1e3,
+              "macs": int(r.macs.sum()), "params": prep.table.total_params if config is None else r.params,
+              "latency_ms": cost.latency_s * 1e3,
               "energy_mj": cost.energy_j * 1e3, "origin": cost.origin,
               "precision": "reference ({}-bit weights, {}-bit activations)".format(
                   prep.profile.reference_precision.weights, prep.profile.reference_precision.activations)
