@@ -26,8 +26,9 @@ def two_searches(tmp_path_factory, trained_tiny, digits):
 def test_two_searches_in_one_process_are_independent(two_searches):
     first, second = two_searches
     assert first.run_dir != second.run_dir
-    assert [r["trial"] for r in first.records] == [0, 1, 2]
-    assert [r["trial"] for r in second.records] == [0, 1]  # numbering starts afresh: no state carried over
+    # records come in completion order (two workers); numbering starts afresh: no state carried over
+    assert sorted(r["trial"] for r in first.records) == [0, 1, 2]
+    assert sorted(r["trial"] for r in second.records) == [0, 1]
     assert {r["metrics"]["cost_origin"] for r in first.records} == {"modeled:tpu-v1"}
     assert {r["metrics"]["cost_origin"] for r in second.records} == {"modeled:edge-tpu"}
     for res in (first, second):  # each result is what its own run directory holds

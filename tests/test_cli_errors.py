@@ -130,7 +130,7 @@ def test_a_malformed_profile_names_file_and_field_through_the_cli(tmp_path, edit
 @pytest.mark.parametrize("text, expected", [
     ("name: s\nknobs:\n  - {knob: wbits, choices: [7]}\n", "unsupported bit-width 7"),
     ("name: s\nknobs:\n  - {knob: prune, per: group, choices: [1.5]}\n", "pruning ratios must be in [0, 1)"),
-    ("name: s\nknobs:\n  - {knob: rank, choices: [0.5]}\n", "field 'knobs.0.knob'"),
+    ("name: s\nknobs:\n  - {knob: quantum, choices: [0.5]}\n", "field 'knobs.0.knob'"),
     ("knobs: []\n", "field 'name': Field required"),
 ])
 def test_a_malformed_space_names_file_and_field_through_the_cli(tmp_path, text, expected):
