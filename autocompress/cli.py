@@ -197,17 +197,6 @@ def _resources(text: Optional[str]) -> tuple[Optional[float], float]:
     return found.get("cpu"), found.get("gpu", 0.0)
 
 
-def origin_sentence(origin: str, energy_origin: str) -> str:
-    """Where the cost figures come from, in one sentence: never a modeled figure as measured."""
-    if origin.startswith("measured:"):
-        energy = ("measured too" if energy_origin.startswith("measured:") else
-                  f"estimated from the measured time and a stated power ({energy_origin}), not measured")
-        return (f"Latency is measured on this machine ({origin}): median of the timed runs. Energy is {energy}. "
-                f"Accuracy is measured on the validation data; drop is against the uncompressed float model.")
-    return (f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
-            f"data; drop is against the uncompressed float model.")
-
-
 def _latest_run(out: Optional[Path]) -> str:
     if out:
         return str(out)
@@ -235,6 +224,8 @@ def _print_result(result, target, seconds: float) -> None:
         console.print(pareto_table(result.pareto, result.baseline, origin,
                                    f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})",
                                    energy_origin))
+        from autocompress.evaluate import origin_sentence
+
         console.print(origin_sentence(origin, energy_origin))
     else:
         from autocompress.report import build_report

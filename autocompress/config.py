@@ -325,7 +325,7 @@ def _fill(plan: _Plan, table: LayerTable, config: CompressionConfig, kept, wbits
         extra -= plan.block_extra[b]
 
 
-def _shapes(plan: _Plan, table: LayerTable, kept, wbits, abits, rank_ratio, present, group_extra, fold):
+def _shapes(plan: _Plan, table: LayerTable, kept, rank_ratio, present, group_extra, fold):
     """Compressed shapes, MACs and parameters from kept channels; arrays have a config axis."""
     cout = (kept @ plan.out_inc.T).astype(np.int64) + plan.out_fixed
     cin = (kept @ plan.in_inc.T).astype(np.int64) * plan.in_per_channel + plan.in_fixed
@@ -351,7 +351,7 @@ def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
     wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
     rank, present, gextra = np.zeros(n), np.ones(n, dtype=bool), plan.group_extra.copy()
     _fill(plan, table, config, kept, wbits, abits, rank, present, gextra)
-    cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, wbits, abits, rank,
+    cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, rank,
                                                                      present, gextra, np.array(config.fold_batchnorm))
     kept_map = dict(zip(plan.group_names, kept.astype(int).tolist()))
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
@@ -369,7 +369,7 @@ def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> Resolve
     for row, config in enumerate(configs):
         _fill(plan, table, config, kept[row], wbits[row], abits[row], rank[row], present[row], gextra[row])
     fold = np.array([c.fold_batchnorm for c in configs])
-    cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, wbits, abits, rank,
+    cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, rank,
                                                                      present, gextra, fold)
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
                           {}, extra)

@@ -26,7 +26,7 @@ from autocompress.data import DataBundle
 from autocompress.graph import LayerTable
 from autocompress.hardware import CostModel, HardwareProfile, MeasuredTarget
 
-__all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db"]
+__all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db", "origin_sentence"]
 
 SQNR_SAMPLES = 256
 
@@ -48,6 +48,17 @@ def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
     noise = float(((reference - other) ** 2).sum())
     signal = float((reference ** 2).sum())
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+def origin_sentence(origin: str, energy_origin: str) -> str:
+    """Where the cost figures come from, in one sentence: never a modeled figure as measured."""
+    if origin.startswith("measured:"):
+        energy = ("measured too" if energy_origin.startswith("measured:") else
+                  f"estimated from the measured time and a stated power ({energy_origin}), not measured")
+        return (f"Latency is measured on this machine ({origin}): median of the timed runs. Energy is {energy}. "
+                f"Accuracy is measured on the validation data; drop is against the uncompressed float model.")
+    return (f"Cost figures are modeled ({origin}), not measured. Accuracy is measured on the validation "
+            f"data; drop is against the uncompressed float model.")
 
 
 @dataclass

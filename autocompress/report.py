@@ -85,7 +85,7 @@ class Report:
         lines = [f"{inp.get('model_desc') or inp.get('model')} on {inp.get('target')}, data {inp.get('data')}; "
                  f"{n} of {s.get('trials', '?')} trials done, {ok} feasible, {len(self.pareto)} on the Pareto set, "
                  f"hypervolume {self.hypervolume:.4f}"]
-        from autocompress.cli import origin_sentence
+        from autocompress.evaluate import origin_sentence
 
         lines.append(origin_sentence(self.origin, self.baseline.get("energy_origin") or self.origin))
         lines.append(f"Carbon: grid {self.carbon.grid_gco2_kwh:g} gCO2e/kWh ({self.carbon.grid_source}); "

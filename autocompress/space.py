@@ -29,7 +29,7 @@ see) and :meth:`BoundSpace.config` turns one assignment of them into a Compressi
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -212,8 +212,8 @@ class BoundSpace:
         if profile.channel_multiple > 1:
             notes.append(f"pruned channel counts are rounded to multiples of {profile.channel_multiple} "
                          f"({profile.name} computes those at full efficiency)")
-        return BoundSpace(self.space, self.table, out, self.notes + sorted(set(notes)),
-                          profile.channel_multiple, self.clip_range)
+        return replace(self, params=out, notes=self.notes + sorted(set(notes)),
+                       channel_multiple=profile.channel_multiple)
 
     def restrict_bits(self, min_bits: int | None, max_bits: int | None) -> "BoundSpace":
         """Weight bit choices moved into [min_bits, max_bits] (to the nearest supported width
@@ -229,8 +229,7 @@ class BoundSpace:
             if choices != tuple(sorted(set(p.choices))):
                 notes.append(f"weight bits outside [{min_bits or 2}, {max_bits or 16}] moved inside the bounds")
             out.append(Param(p.name, p.knob, p.layers, choices))
-        return BoundSpace(self.space, self.table, out, self.notes + sorted(set(notes)),
-                          self.channel_multiple, self.clip_range)
+        return replace(self, params=out, notes=self.notes + sorted(set(notes)))
 
     @property
     def searchable(self) -> list[Param]:
