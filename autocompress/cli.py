@@ -461,7 +461,8 @@ def calibrate(
     p = result.params
     console.print(f"fitted on {len(result.configs)} variants: fp32 {p['fp32_macs_per_s'] / 1e9:.1f} GMAC/s, int8 "
                   f"{p['int8_rate']:.2f}x, weights {p['weight_bandwidth'] / 1e9:.1f} GB/s, activations "
-                  f"{p['activation_bandwidth'] / 1e9:.1f} GB/s, {p['layer_overhead_s'] * 1e6:.1f} us per layer")
+                  f"{p['activation_bandwidth'] / 1e9:.1f} GB/s, {p['layer_overhead_s'] * 1e6:.1f} us per layer, memory "
+                  f"{'overlapping compute' if p['memory_overlap'] else 'after compute'}")
     console.print(f"in-sample fit: Spearman {result.spearman:.3f}, median abs error {result.median_abs_pct_error:.1f}%, "
                   f"RMS log error {100 * result.rms_log_error:.1f}%")
     console.print(f"{out}: use it with --target {out}")

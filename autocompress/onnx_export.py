@@ -189,6 +189,8 @@ def _quantise_graph(proto, qlayers: dict[str, _QLayer], int4: bool, info: OnnxEx
 
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
+    consumers = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1}
+    aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
     new_nodes = []
     for name, ql in qlayers.items():
         wname = f"{name}.weight"
@@ -205,23 +207,44 @@ def _quantise_graph(proto, qlayers: dict[str, _QLayer], int4: bool, info: OnnxEx
         new_nodes.append(helper.make_node("DequantizeLinear", [q_t.name, s_t.name, z_t.name], [wname],
                                           name=f"{wname}_DequantizeLinear", axis=0))
         info.weights[name] = label
-        bname = f"{name}.bias"
+        # the bias by the node that reads it, through Identity aliases: the exporter merges
+        # equal initializers (the all-zero biases of an untrained BN), and a bias shared by two
+        # convs cannot carry both scales, which kept onnxruntime from fusing either
+        node = consumers.get(wname)
+        bname = node.input[2] if node is not None and len(node.input) > 2 else ""
+        while bname in aliases:
+            bname = aliases[bname]
         if ql.input_scale is not None and bname in inits:
             bias = numpy_helper.to_array(inits[bname]).astype(np.float64)
             bscale = (ql.input_scale * ql.scale.double().numpy()).astype(np.float32)
             bint = np.clip(np.round(bias / bscale.astype(np.float64)), -2**31, 2**31 - 1).astype(np.int32)
-            graph.initializer.remove(inits[bname])
-            graph.initializer.extend([numpy_helper.from_array(bint, f"{bname}_quantized"),
-                                      numpy_helper.from_array(bscale, f"{bname}_scale"),
-                                      numpy_helper.from_array(np.zeros(cout, np.int32), f"{bname}_zero_point")])
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bname}_quantized", f"{bname}_scale",
-                                                                   f"{bname}_zero_point"], [bname],
-                                              name=f"{bname}_DequantizeLinear", axis=0))
+            own = f"{name}.bias"
+            graph.initializer.extend([numpy_helper.from_array(bint, f"{own}_quantized"),
+                                      numpy_helper.from_array(bscale, f"{own}_scale"),
+                                      numpy_helper.from_array(np.zeros(cout, np.int32), f"{own}_zero_point")])
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{own}_quantized", f"{own}_scale",
+                                                                   f"{own}_zero_point"], [f"{own}_dequantized"],
+                                              name=f"{own}_DequantizeLinear", axis=0))
+            node.input[2] = f"{own}_dequantized"
             info.integer_bias.append(name)
     # nodes must stay topologically sorted: the dequantisers go first (they read initializers only)
     old = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + old)
+    _drop_unused(graph)
+
+
+def _drop_unused(graph) -> None:
+    """Remove Identity nodes and initializers nothing reads any more (the float biases replaced)."""
+    while True:
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Identity" and n.output[0] not in read]
+        for n in dead:
+            graph.node.remove(n)
+        if not dead:
+            break
+    for t in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(t)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, int4: bool = True) -> OnnxExport:

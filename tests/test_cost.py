@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,18 @@ def test_cost_many_equals_one_at_a_time(r18_224):
             one = cm.cost(c)
             assert latency[i] == pytest.approx(one.latency_s, rel=1e-12)
             assert energy[i] == pytest.approx(one.energy_j, rel=1e-12)
+
+
+def test_memory_that_does_not_overlap_compute_adds_to_it(r18_224):
+    """memory_overlap: false (a runtime that dequantises weights before each kernel): every layer
+    takes compute + memory + overhead, where a roofline takes the larger of the two."""
+    haswell = load_profile("cpu-haswell")
+    serial = haswell.model_copy(update={"memory_overlap": False})
+    config = CompressionConfig().with_default_bits(r18_224, 8, 8)
+    roof = CostModel(r18_224, haswell).cost(config, detail=True).layers
+    add = CostModel(r18_224, serial).cost(config, detail=True).layers
+    overhead_ms = haswell.layer_overhead_cycles / haswell.clock_hz * 1e3
+    assert np.allclose(roof["latency_ms"], np.maximum(roof["compute_ms"], roof["memory_ms"]) + overhead_ms)
+    assert np.allclose(add["latency_ms"], add["compute_ms"] + add["memory_ms"] + overhead_ms)
+    assert np.allclose(add["compute_ms"], roof["compute_ms"]) and (add["memory_ms"] >= roof["memory_ms"]).all()
+    assert (add["latency_ms"] > roof["latency_ms"]).all()

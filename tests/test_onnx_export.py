@@ -105,3 +105,38 @@ def test_onnxruntime_matches_the_fake_quantised_model(exported, digits):
     # INT8 containers hold the same values as the INT4 ones
     assert np.array_equal(_run(info8.path, digits.val_x, optimize=False), plain)
     assert set(info8.weights.values()) == {"INT8"}
+
+
+def test_equal_biases_each_get_their_own_integer_bias(digits, tmp_path):
+    """An untrained network's folded biases are all zero; the exporter merges equal initializers,
+    and a bias shared by two convs kept onnxruntime from fusing them (4 to 8 of ResNet-18's
+    block convs became integer kernels depending on the config). Each layer now owns its bias."""
+    import onnx
+
+    import autocompress
+    from autocompress.hardware.measure import _integer_nodes
+    from autocompress.onnx_export import onnx_session
+    from tests.tiny_models import tiny_resnet
+
+    model = tiny_resnet().eval()  # untrained: BN mean 0, var 1, beta 0 -> every folded bias is 0
+    table = trace(model, torch.zeros((1, *digits.input_shape)))
+    inner = table.names[1:-1]
+    config = CompressionConfig(layers={n: LayerConfig(wbits=8, abits=8) for n in inner})
+    from autocompress.compress import Recovery
+
+    compressed = apply(model, table, config, data=digits, recovery=Recovery(bn_batches=0))
+    info = autocompress.export_onnx(compressed, tmp_path / "m.onnx", input_shape="3x8x8", int4=False)
+    proto = onnx.load(str(info.path))
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    biases = [n.input[2] for n in convs if len(n.input) > 2]
+    assert len(biases) == len(set(biases)) == len(inner) + 1  # the first conv keeps its float bias
+    assert sorted(info.integer_bias) == sorted(inner)
+    onnx_session(info.path, 1, optimized_path=tmp_path / "opt.onnx")
+    fused = _integer_nodes(tmp_path / "opt.onnx")
+    # every block's first conv (ReLU in, ReLU out) runs on an integer kernel; convs ending in the
+    # residual Add do not (onnxruntime's QDQ fusion), so this is the number of blocks
+    assert fused == sum(n.endswith("conv1") and n.startswith("layer") for n in inner)
+    x = digits.val_x[:16]
+    with torch.no_grad():
+        ref = compressed(x).numpy()
+    assert np.abs(_run(info.path, x) - ref).max() < 0.05 * np.abs(ref).max()

@@ -8,8 +8,14 @@ Five parameters of a roofline profile are then fitted by least squares on log la
 * effective bandwidth for weights and for activations (memory: bytes / bandwidth),
 * a fixed overhead per layer (kernel launch, framework dispatch, the ops between layers).
 
-Layer latency = max(compute, memory) + overhead, exactly as :class:`CostModel` computes it, so
-the written profile predicts what was fitted. The result is an ordinary profile YAML.
+Layer latency = max(compute, memory) + overhead (a roofline), or compute + memory + overhead
+(``memory_overlap: false``, as in onnxruntime running a QDQ model, which dequantises the weights
+of every layer it does not fuse into an integer kernel on each run); both are fitted and the one
+with the smaller residual is kept. :class:`CostModel` computes exactly this, so the written
+profile predicts what was fitted. The result is an ordinary profile YAML.
+
+What is fitted is each variant's 20th-percentile time over interleaved rounds (the unloaded
+speed: load from other processes only adds time), not the median a search records.
 """
 from __future__ import annotations
 
@@ -34,8 +40,10 @@ from autocompress.space import BoundSpace
 
 __all__ = ["calibrate", "Calibration", "random_configs", "measure_configs", "fit_profile", "spearman"]
 
-#: recovery used to build variants for timing: weights do not matter, shapes and bits do
-TIMING_RECOVERY = Recovery(bn_batches=0, calibration_batches=1, batch_size=8)
+#: recovery used to build variants for timing: weights do not matter, shapes and bits do. The
+#: batch norms are re-estimated on the random inputs all the same: an untrained model's are the
+#: identity, which folds to all-zero biases, and equal biases are not what a real model runs
+TIMING_RECOVERY = Recovery(bn_batches=2, calibration_batches=1, batch_size=8)
 #: interleaved timing rounds per variant (see MeasuredTarget.measure_many)
 ROUNDS = 5
 #: every FLOAT_EVERY-th sampled config is also timed with all layers in float, so that the fp32
@@ -104,15 +112,15 @@ def _synthetic_data(table: LayerTable, seed: int) -> DataBundle:
 def measure_configs(model: nn.Module, table: LayerTable, target: MeasuredTarget, configs: list[CompressionConfig],
                     *, data: DataBundle | None = None, seed: int = 0, rounds: int = ROUNDS,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Median latency (s) of each config built on ``model`` and timed on ``target``, all of
-    them in interleaved rounds."""
+    """Latency (s, the 20th percentile of the timed runs) of each config built on ``model`` and
+    timed on ``target``, all of them in interleaved rounds."""
     data = data or _synthetic_data(table, seed)
 
     def builder(config):
         return lambda: apply(model, table, config, data=data, recovery=TIMING_RECOVERY, seed=seed)
 
     found = target.measure_many([builder(c) for c in configs], table.input_shape, rounds=rounds, progress=progress)
-    return np.array([m.latency_s for m in found])
+    return np.array([m.low_s for m in found])
 
 
 def _clock_hz() -> float:
@@ -126,7 +134,7 @@ def _clock_hz() -> float:
     return 1e9
 
 
-def _profile_dict(theta: np.ndarray, *, name: str, target: MeasuredTarget, clock: float,
+def _profile_dict(theta: np.ndarray, *, name: str, target: MeasuredTarget, clock: float, overlap: bool = True,
                   source: str = "fitted") -> dict:
     fp32, rate8, w_bw, a_bw, overhead = (float(v) for v in np.exp(theta))
     power = target._power_w()
@@ -159,19 +167,22 @@ def _profile_dict(theta: np.ndarray, *, name: str, target: MeasuredTarget, clock
         "energy_model": "power",
         "packed_weight_storage": False,  # measured with INT8 containers for <= 8-bit weights
         "layer_overhead_cycles": int(round(overhead * clock)),
+        "memory_overlap": overlap,
         "batch_size": target.batch_size,
     }
 
 
-def _predict(theta, table, configs, *, name, target, clock) -> np.ndarray:
-    profile = HardwareProfile.model_validate(_profile_dict(theta, name=name, target=target, clock=clock))
+def _predict(theta, table, configs, *, name, target, clock, overlap) -> np.ndarray:
+    profile = HardwareProfile.model_validate(_profile_dict(theta, name=name, target=target, clock=clock,
+                                                           overlap=overlap))
     return CostModel(table, profile).cost_many(configs)[0]
 
 
 def fit_profile(table: LayerTable, target: MeasuredTarget, configs: list[CompressionConfig], measured_s: np.ndarray,
-                *, name: str = "cpu-local-calibrated") -> tuple[np.ndarray, float]:
-    """Least squares on log latency over the five parameters (in log space); returns the best
-    parameters and the RMS log error. Several starts: max() makes the surface piecewise."""
+                *, name: str = "cpu-local-calibrated") -> tuple[np.ndarray, float, bool]:
+    """Least squares on log latency over the five parameters (in log space), with memory
+    overlapping compute and without; returns the best parameters, the RMS log error and whether
+    memory overlaps. Several starts: max() makes the surface piecewise."""
     from scipy.optimize import least_squares
 
     clock = _clock_hz()
@@ -182,18 +193,22 @@ def fit_profile(table: LayerTable, target: MeasuredTarget, configs: list[Compres
     total = np.array([resolve(table, c).macs.sum() * target.batch_size for c in configs], dtype=float)
     throughput = float(np.median(total / measured_s))
     n_layers = len(table)
-    best = None
-    for mem_scale in (3e9, 1e11):  # memory-bound and compute-bound starts
-        for overhead in (1e-6, float(np.min(measured_s)) / n_layers / 4):
-            x0 = np.log([throughput, 1.0, mem_scale, mem_scale, max(overhead, 1e-8)])
-            lo = np.log([1e6, 1.0, 1e7, 1e7, 1e-9])
-            hi = np.log([1e15, 64.0, 1e14, 1e14, 1.0])
-            fit = least_squares(lambda t: np.log(_predict(t, table, configs, name=name, target=target, clock=clock)) - y,
-                                np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), diff_step=1e-3, max_nfev=100)
-            if best is None or fit.cost < best.cost:
-                best = fit
+    best, best_overlap = None, True
+    lo = np.log([1e6, 1.0, 1e7, 1e7, 1e-9])
+    hi = np.log([1e15, 64.0, 1e14, 1e14, 1.0])
+    for overlap in (True, False):
+        def residual(t, overlap=overlap):
+            return np.log(_predict(t, table, configs, name=name, target=target, clock=clock, overlap=overlap)) - y
+
+        for mem_scale in (3e9, 1e11):  # memory-bound and compute-bound starts
+            for overhead in (1e-6, float(np.min(measured_s)) / n_layers / 4):
+                x0 = np.log([throughput, 1.0, mem_scale, mem_scale, max(overhead, 1e-8)])
+                fit = least_squares(residual, np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), diff_step=1e-3,
+                                    max_nfev=100)
+                if best is None or fit.cost < best.cost:
+                    best, best_overlap = fit, overlap
     rms = float(np.sqrt(np.mean(best.fun ** 2)))
-    return best.x, rms
+    return best.x, rms, best_overlap
 
 
 def calibrate(model: nn.Module, table: LayerTable, target: MeasuredTarget, bound: BoundSpace, *, samples: int = 24,
@@ -207,23 +222,25 @@ def calibrate(model: nn.Module, table: LayerTable, target: MeasuredTarget, bound
     configs = [CompressionConfig(meta={"reference": True})] + sampled
     configs += [_float_only(c) for c in sampled[::FLOAT_EVERY]]
     measured = measure_configs(model, table, target, configs, data=data, seed=seed, progress=progress)
-    theta, rms = fit_profile(table, target, configs, measured, name=name)
+    theta, rms, overlap = fit_profile(table, target, configs, measured, name=name)
     clock = _clock_hz()
     when = datetime.date.today().isoformat()
     source = (f"calibrated on {target.device_name} on {when}, {len(configs)} samples of {model_desc or 'the model'} "
               f"at {'x'.join(map(str, table.input_shape))}, fit residual {100 * (math.exp(rms) - 1):.1f}% RMS")
-    data_ = _profile_dict(theta, name=name, target=target, clock=clock, source=f"fitted ({source})")
+    data_ = _profile_dict(theta, name=name, target=target, clock=clock, overlap=overlap, source=f"fitted ({source})")
     data_["notes"] = [
         f"Fitted by autocompress calibrate to {target.origin}: least squares on log latency over "
         f"{len(configs)} measured variants (random configs of the '{bound.space.name}' space, "
         f"{len(sampled[::FLOAT_EVERY])} of them also all-float, and the uncompressed model).",
         "Weights of 8 bits or fewer were timed in INT8 containers; clock_hz is the nominal clock "
         "(a unit: throughput was fitted per cycle of it).",
+        f"Latency fitted: the 20th percentile of each variant's timed runs; memory "
+        f"{'overlaps compute (roofline)' if overlap else 'adds to compute (fitted better than a roofline)'}.",
     ]
     data_["sources"] = {"calibration": source, "measurements": target.origin}
     profile = HardwareProfile.model_validate(data_)
     predicted = CostModel(table, profile).cost_many(configs)[0]
-    params = dict(zip(PARAMS, (float(v) for v in np.exp(theta))))
+    params = {**dict(zip(PARAMS, (float(v) for v in np.exp(theta)))), "memory_overlap": overlap}
     header = (f"# Calibrated profile written by autocompress calibrate on {when}.\n"
               f"# Every figure was fitted to measurements on this machine; see sources and notes.\n")
     text = header + yaml.safe_dump(data_, sort_keys=False, width=110)

@@ -14,7 +14,8 @@ a dropped block costs nothing.
 Compute runs at the native precision that fits the layer's bits (fewer bits never compute
 faster on a device without them); weights are stored at their own width only where the
 profile says storage is packed. Memory time = bytes / bandwidth per level; a layer takes
-max(compute, memory) + overhead. Energy follows the profile's ``energy_model``.
+max(compute, memory) + overhead, or compute + memory + overhead where the profile says memory
+does not overlap compute (``memory_overlap: false``). Energy follows the profile's ``energy_model``.
 """
 from __future__ import annotations
 
@@ -170,9 +171,14 @@ class CostModel:
             per_level[self.spill_level] = per_level.get(self.spill_level, 0) + off
         else:
             per_level[self.act_level] = per_level.get(self.act_level, 0) + act_bytes
-        memory_s = np.maximum.reduce([b / self.bandwidth[i] for i, b in per_level.items()])
+        level_s = [b / self.bandwidth[i] for i, b in per_level.items()]
         memory_j = sum(b * self.e_byte[i] for i, b in per_level.items() if self.e_byte[i])
-        latency = (np.maximum(compute_s, memory_s) + self.overhead_s) * present
+        if p.memory_overlap:
+            memory_s = np.maximum.reduce(level_s)
+            latency = (np.maximum(compute_s, memory_s) + self.overhead_s) * present
+        else:  # transfers one after another, then the kernel
+            memory_s = sum(level_s)
+            latency = (compute_s + memory_s + self.overhead_s) * present
         util = np.divide(macs, self.peak * p.clock_hz * rate * latency, out=np.zeros_like(latency),
                          where=latency > 0)
         if p.energy_model == "power":

@@ -34,6 +34,10 @@ __all__ = ["MeasuredTarget", "Measurement", "parse_measured", "is_measured", "ME
 MEASURED_TARGETS = ("cpu-local", "cuda-local")
 RUNTIMES = ("onnxruntime", "torch")
 
+#: the low percentile of the timed runs that ranks models on a shared machine: load from other
+#: processes only ever adds time, and on ResNet-18 variants timed twice here its ranking repeated
+#: with Spearman 0.98, the median's 0.94 (see calibrate.py)
+LOW_PERCENTILE = 20
 #: power per busy thread when no energy counter is readable: the Xeon E5-2699 v3 of
 #: hw_profiles/cpu-haswell.yaml, 145 W busy / 18 cores (Jouppi et al. 2017, Table 2) ~ 8 W
 DEFAULT_WATTS_PER_THREAD = 8.0
@@ -62,6 +66,7 @@ class Measurement:
     latency_origin: str  # "measured:cpu-local (...)"
     energy_origin: str  # "measured:..." or "estimated:..."
     integer_kernels: int | None = None  # onnxruntime: nodes that run on integer kernels
+    low_s: float | None = None  # 20th percentile: the unloaded speed (other processes only add time)
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class MeasuredTarget:
             energy = joules / (len(times) * self.batch_size)
             energy_origin = f"measured:{self.name} ({self._energy_counter().label})"
         return Measurement(median, float(q3 - q1), len(times), energy, self.origin, energy_origin,
-                           runner.integer_kernels)
+                           runner.integer_kernels, float(np.percentile(times, LOW_PERCENTILE)))
 
     def measure(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
         """Time ``model`` (a compressed or uncompressed nn.Module) on one batch of this target."""

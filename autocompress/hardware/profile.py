@@ -106,6 +106,9 @@ class HardwareProfile(_Strict):
         " per_access: MACs x energy per MAC + bytes x energy per byte + idle (static) power x time")
     sparsity: Literal["none"] = "none"
     layer_overhead_cycles: int = Field(0, ge=0)
+    memory_overlap: bool = Field(True, description="memory transfers overlap compute (a roofline: a layer takes "
+                                 "max(compute, memory)); false: they add up, as in a runtime that dequantises "
+                                 "each layer's weights before running its kernel")
     folds_batchnorm: bool = Field(True, description="batch norms run folded into the convs before them (what "
                                   "inference runtimes and integer accelerators do)")
     channel_multiple: int = Field(1, ge=1, description="pruning keeps channel counts that are multiples of this "
