@@ -163,6 +163,7 @@ def _stop_processes_mentioning(text: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_a_search_runs_on_a_ray_cluster_started_with_ray_start(trained_tiny, digits, gentle_space):
     import shutil
     import subprocess

@@ -153,7 +153,7 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget,
-                                        max_concurrent_trials=workers),
+                                        max_concurrent_trials=workers, reuse_actors=True),
             run_config=tune.RunConfig(name="trials", storage_path=storage, verbose=0,
                                       log_to_file=True),
         )
