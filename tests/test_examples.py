@@ -1,10 +1,11 @@
-"""Every example in examples/ runs, with a tiny budget, as a user runs it (a subprocess), and
-what it prints agrees with the run directory it wrote."""
+"""Every example in examples/ runs, with a tiny budget, as a user runs it (its script as
+``__main__`` with command-line arguments), and what it prints agrees with the run directory it wrote."""
+import contextlib
+import io
 import json
-import os
-import subprocess
+import runpy
 import sys
-import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,35 @@ EXAMPLES = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """All four at once: most of each run is start-up (Python, Ray, codecarbon), which overlaps well."""
+def runs(tmp_path_factory, monkeypatch_module):
+    """Each example run as its script, in this process: ``python examples/X.py ARGS`` minus the
+    interpreter's, Ray's and codecarbon's start-up, which were most of each run's time."""
     base = tmp_path_factory.mktemp("examples")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the examples import tests.tiny_models by name
-    procs, t0 = {}, time.time()
+    monkeypatch_module.syspath_prepend(str(ROOT))  # the examples import tests.tiny_models by name
+    monkeypatch_module.chdir(base)
+    done = {}
     for name, args in EXAMPLES.items():
         out = base / name
-        procs[name] = (subprocess.Popen([sys.executable, str(ROOT / "examples" / f"{name}.py"), *args, "--out", str(out)],
-                                        cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out)
-    done = {}
-    for name, (p, out) in procs.items():
-        stdout, stderr = p.communicate(timeout=600)
-        done[name] = (p.returncode, stdout, stderr, out)
-    print(f"examples took {time.time() - t0:.0f} s")
+        script = ROOT / "examples" / f"{name}.py"
+        monkeypatch_module.setattr(sys, "argv", [str(script), *args, "--out", str(out)])
+        stdout, stderr = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:  # noqa: BLE001 - reported by the test that reads this run
+                code = 1
+                traceback.print_exc(file=stderr)
+        done[name] = (code, stdout.getvalue(), stderr.getvalue(), out)
     return done
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
 def _result(run) -> dict:

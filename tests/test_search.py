@@ -135,6 +135,21 @@ def test_other_searchers_drive_ray_tune(tmp_path, trained_tiny, digits, gentle_s
     assert len(result.trials) == 10 and (result.trials["status"] != "failed").all()
     assert json.loads((result.run_dir / "settings.json").read_text())["search"]["algorithm"] == algorithm
     assert not result.pareto.empty
+    _starts_from_the_corners(result, 3)
+
+
+def _starts_from_the_corners(result, n):
+    """The first trials are the space's starting points: structure whole with the middle (6),
+    then the lowest (4) weight bits; then one step of pruning (0.125) with the rest whole."""
+    first = {r["trial"]: r["params"] for r in result.records if r["trial"] < n}
+    prune = lambda p: {v for k, v in p.items() if k.startswith("prune")}  # noqa: E731
+    bits = lambda p: {v for k, v in p.items() if k.startswith("wbits")}  # noqa: E731
+    expected = [({0.0}, {6}), ({0.0}, {4}), ({0.125}, {8})][:n]
+    assert [(prune(first[i]), bits(first[i])) for i in range(n)] == expected
+
+
+def test_a_search_starts_from_the_corners_of_its_space(result):
+    _starts_from_the_corners(result, 2)  # 6 trials: a third of them
 
 
 def _stop_processes_mentioning(text: str) -> None:

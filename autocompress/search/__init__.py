@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from autocompress._errors import UserError
-from autocompress.search._sampler import ALGORITHMS, make_sampler
+from autocompress.search._sampler import ALGORITHMS, make_sampler, starting_points
 from autocompress.search.problem import OBJECTIVES, Constraints, Problem
 from autocompress.search.rundir import RunDirectory
 
@@ -90,6 +90,9 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
                            n_constraints=len(problem.constraints.active))
     for r in records:  # resume: the sampler learns from the finished trials
         sampler.replay(r["params"], problem.objective_values(r), problem.constraint_values(r))
+    if not records:
+        for point in starting_points(problem.space.searchable, search.trials):
+            sampler.enqueue(point)
     remaining = search.trials - len(records)
     if remaining <= 0:
         rundir.write_tables(records, problem.objectives, ref)

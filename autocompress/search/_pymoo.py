@@ -27,6 +27,7 @@ class PymooSampler(Sampler):
         self.generation = None  # the population being evaluated
         self.handed_out = 0
         self.results: dict[int, tuple[list[float] | None, list[float] | None]] = {}
+        self.seeds: list[np.ndarray] = []  # starting points, in the first generation
 
     # -- encoding ---------------------------------------------------------------------------
     def decode(self, x: np.ndarray) -> dict[str, float]:
@@ -53,6 +54,9 @@ class PymooSampler(Sampler):
                 x.append(0.0 if v is None else (v - p.low) / (p.high - p.low))
         return np.array(x)
 
+    def enqueue(self, values: dict[str, float]) -> None:
+        self.seeds.append(self.encode(values))
+
     # -- pymoo ------------------------------------------------------------------------------
     def _setup(self) -> None:
         from pymoo.core.problem import Problem
@@ -60,6 +64,10 @@ class PymooSampler(Sampler):
         problem = Problem(n_var=len(self.params), n_obj=len(self.directions), n_ieq_constr=self.n_constraints,
                           xl=0.0, xu=1.0)
         sampling = np.array([x for x, _, _ in self.history]) if self.history else None
+        if sampling is None and self.seeds:  # the starting points, then uniform random ones
+            rng = np.random.default_rng(self.seed)
+            rest = rng.random((max(0, self.pop_size - len(self.seeds)), len(self.params)))
+            sampling = np.vstack([np.array(self.seeds), rest])
         kwargs = {"sampling": sampling} if sampling is not None else {}
         if self.algorithm_name == "pymoo-nsga3":
             from pymoo.algorithms.moo.nsga3 import NSGA3

@@ -32,6 +32,10 @@ class Sampler(abc.ABC):
                constraints: list[float] | None) -> None:
         """Learn from a trial finished in an earlier run (resume)."""
 
+    @abc.abstractmethod
+    def enqueue(self, values: dict[str, float]) -> None:
+        """Propose ``values`` among the first trials (a starting point of the search)."""
+
 
 class OptunaSampler(Sampler):
     """Optuna's NSGA-II (default), TPE or random sampling through ask-and-tell."""
@@ -74,6 +78,9 @@ class OptunaSampler(Sampler):
             handle.set_constraint(f"c{i}", float(c))
         self.study.tell(handle, values)
 
+    def enqueue(self, values):
+        self.study.enqueue_trial(values)
+
     def replay(self, values_in, values, constraints):
         import optuna
 
@@ -96,6 +103,41 @@ def _pymoo(*args, **kwargs):
 #: --algorithm names: Optuna's samplers and pymoo's algorithms
 ALGORITHMS = {"nsga2": OptunaSampler, "tpe": OptunaSampler, "random": OptunaSampler,
               "pymoo-nsga2": _pymoo, "pymoo-nsga3": _pymoo}
+
+
+#: knobs whose smallest value compresses least; for the others (bits, rank, width) the largest does
+_MORE_IS_SMALLER = ("prune", "drop")
+_BITS = ("wbits", "abits")
+
+
+def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
+    """Where every search starts, at most a third of its budget: the structure left whole with
+    the middle, then the lowest bit-widths of the space, then every pruning ratio one step above
+    its least (the rest left whole). On a trained network without fine-tuning, most random candidates of a
+    pruning space lose several points of accuracy; these give the samplers feasible candidates to
+    improve on from the first generation."""
+    def ladder(p: Param) -> list[float]:  # least compressing first
+        if p.categorical:
+            values = list(p.choices)
+        else:
+            mid = (p.low + p.high) / 2
+            if p.step:  # on the range's grid
+                mid = p.low + round((mid - p.low) / p.step) * p.step
+            values = [p.low, mid, p.high]
+        return sorted(values, reverse=p.knob not in _MORE_IS_SMALLER)
+
+    ladders = {p.name: ladder(p) for p in params}
+    if not any(p.knob in _BITS and len(ladders[p.name]) > 1 for p in params):
+        bit_points = []
+    else:
+        bit_points = [{p.name: ladders[p.name][(len(ladders[p.name]) - 1) // 2 if mid else -1] if p.knob in _BITS
+                       else ladders[p.name][0] for p in params} for mid in (True, False)]
+    gentle = {p.name: ladders[p.name][min(1, len(ladders[p.name]) - 1) if p.knob == "prune" else 0] for p in params}
+    points = []
+    for point in [*bit_points, gentle]:
+        if point not in points and any(point[p.name] != ladders[p.name][0] for p in params):
+            points.append(point)
+    return points[:budget // 3]
 
 
 def make_sampler(algorithm: str, params: list[Param], directions: list[str], seed: int,
