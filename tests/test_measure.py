@@ -70,6 +70,18 @@ def test_cpu_local_times_the_model_and_labels_energy_by_its_source():
         assert big_m.energy_origin.startswith("measured:cpu-local (RAPL")
 
 
+def test_a_measurement_keeps_the_median_and_the_unloaded_20th_percentile():
+    """Searches record the median; calibration fits the 20th percentile (load only adds time)."""
+    from types import SimpleNamespace
+
+    t = load_target("cpu-local")
+    times = [0.010, 0.011, 0.012, 0.013, 0.030, 0.050]  # two runs slowed by another process
+    m = t.summarise(times, None, SimpleNamespace(integer_kernels=3))
+    assert m.latency_s == pytest.approx(0.0125) and m.low_s == pytest.approx(0.011)
+    assert m.spread_s == pytest.approx(np.percentile(times, 75) - np.percentile(times, 25))
+    assert m.integer_kernels == 3 and m.runs == 6
+
+
 def test_rapl_counter_sums_packages_and_handles_wraparound(tmp_path):
     for pkg, (start, wrap) in {"intel-rapl:0": (900, 1000), "intel-rapl:1": (10, 1000)}.items():
         (tmp_path / pkg).mkdir()
