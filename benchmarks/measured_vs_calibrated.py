@@ -26,8 +26,7 @@ import numpy as np
 import autocompress
 from autocompress.api import prepare
 from autocompress.hardware import CostModel, load_profile
-from autocompress.compress import apply
-from autocompress.hardware.calibrate import TIMING_RECOVERY, _synthetic_data, random_configs, spearman
+from autocompress.hardware.calibrate import measure_variants, random_configs, spearman
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
 
@@ -49,14 +48,10 @@ def main() -> None:
     prep = prepare("resnet18", None, args.target, input_shape=args.input_shape, num_classes=10, baseline=None,
                    log=lambda s: None)
     held_out = random_configs(prep.space(), args.configs, seed=12345)  # a draw disjoint from seed 0's
-    target = prep.profile
-
     def timed():
-        found = target.measure_many([lambda c=c: apply(prep.model, prep.table, c, data=data, recovery=TIMING_RECOVERY)
-                                     for c in held_out], prep.table.input_shape)
+        found = measure_variants(prep.model, prep.table, prep.profile, held_out)
         return np.array([m.low_s for m in found]), np.array([m.latency_s for m in found])
 
-    data = _synthetic_data(prep.table, 0)
     measured, measured_median = timed()
     again, again_median = timed()  # the same configs, timed again: the machine's own repeatability
     predicted = CostModel(prep.table, cal.profile).cost_many(held_out)[0]

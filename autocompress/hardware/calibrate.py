@@ -34,11 +34,12 @@ from autocompress.config import CompressionConfig
 from autocompress.data import DataBundle
 from autocompress.graph import LayerTable
 from autocompress.hardware.cost import CostModel
-from autocompress.hardware.measure import MeasuredTarget
+from autocompress.hardware.measure import MeasuredTarget, Measurement
 from autocompress.hardware.profile import HardwareProfile
 from autocompress.space import BoundSpace
 
-__all__ = ["calibrate", "Calibration", "random_configs", "measure_configs", "fit_profile", "spearman"]
+__all__ = ["calibrate", "Calibration", "random_configs", "measure_configs", "measure_variants", "fit_profile",
+           "spearman"]
 
 #: recovery used to build variants for timing: weights do not matter, shapes and bits do. The
 #: batch norms are re-estimated on the random inputs all the same: an untrained model's are the
@@ -109,18 +110,23 @@ def _synthetic_data(table: LayerTable, seed: int) -> DataBundle:
     return DataBundle("random (timing only)", x, y, x[:8], y[:8], 2)
 
 
-def measure_configs(model: nn.Module, table: LayerTable, target: MeasuredTarget, configs: list[CompressionConfig],
-                    *, data: DataBundle | None = None, seed: int = 0, rounds: int = ROUNDS,
-                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Latency (s, the 20th percentile of the timed runs) of each config built on ``model`` and
-    timed on ``target``, all of them in interleaved rounds."""
+def measure_variants(model: nn.Module, table: LayerTable, target: MeasuredTarget, configs: list[CompressionConfig],
+                     *, data: DataBundle | None = None, seed: int = 0, rounds: int = ROUNDS,
+                     progress: Callable[[int, int], None] | None = None) -> list[Measurement]:
+    """Each config built on ``model`` (random inputs for its BN statistics and activation
+    ranges) and timed on ``target``, all of them in interleaved rounds."""
     data = data or _synthetic_data(table, seed)
 
     def builder(config):
         return lambda: apply(model, table, config, data=data, recovery=TIMING_RECOVERY, seed=seed)
 
-    found = target.measure_many([builder(c) for c in configs], table.input_shape, rounds=rounds, progress=progress)
-    return np.array([m.low_s for m in found])
+    return target.measure_many([builder(c) for c in configs], table.input_shape, rounds=rounds, progress=progress)
+
+
+def measure_configs(model: nn.Module, table: LayerTable, target: MeasuredTarget, configs: list[CompressionConfig],
+                    **kwargs) -> np.ndarray:
+    """Latency (s, the 20th percentile of the timed runs) of each config: what calibration fits."""
+    return np.array([m.low_s for m in measure_variants(model, table, target, configs, **kwargs)])
 
 
 def _clock_hz() -> float:

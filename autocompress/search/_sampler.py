@@ -113,9 +113,9 @@ _BITS = ("wbits", "abits")
 def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
     """Where every search starts, at most a third of its budget: the structure left whole with
     the middle, then the lowest bit-widths of the space, then every pruning ratio one step above
-    its least (the rest left whole). On a trained network without fine-tuning, most random candidates of a
-    pruning space lose several points of accuracy; these give the samplers feasible candidates to
-    improve on from the first generation."""
+    its least (the rest left whole). On a trained network without fine-tuning, most random
+    candidates of a pruning space lose several points of accuracy; these give the samplers
+    feasible candidates to improve on from the first generation."""
     def ladder(p: Param) -> list[float]:  # least compressing first
         if p.categorical:
             values = list(p.choices)
@@ -127,16 +127,23 @@ def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
         return sorted(values, reverse=p.knob not in _MORE_IS_SMALLER)
 
     ladders = {p.name: ladder(p) for p in params}
-    if not any(p.knob in _BITS and len(ladders[p.name]) > 1 for p in params):
-        bit_points = []
-    else:
-        bit_points = [{p.name: ladders[p.name][(len(ladders[p.name]) - 1) // 2 if mid else -1] if p.knob in _BITS
-                       else ladders[p.name][0] for p in params} for mid in (True, False)]
-    gentle = {p.name: ladders[p.name][min(1, len(ladders[p.name]) - 1) if p.knob == "prune" else 0] for p in params}
+
+    def point(bits: str, prune_steps: int) -> dict[str, float]:
+        out = {}
+        for p in params:
+            steps = ladders[p.name]
+            if p.knob in _BITS:
+                i = {"whole": 0, "middle": (len(steps) - 1) // 2, "lowest": len(steps) - 1}[bits]
+            else:
+                i = min(prune_steps, len(steps) - 1) if p.knob == "prune" else 0
+            out[p.name] = steps[i]
+        return out
+
+    least = point("whole", 0)
     points = []
-    for point in [*bit_points, gentle]:
-        if point not in points and any(point[p.name] != ladders[p.name][0] for p in params):
-            points.append(point)
+    for candidate in (point("middle", 0), point("lowest", 0), point("whole", 1)):
+        if candidate != least and candidate not in points:
+            points.append(candidate)
     return points[:budget // 3]
 
 
