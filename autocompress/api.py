@@ -35,7 +35,7 @@ from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings
 from autocompress.search.rundir import pareto_of, trials_frame
 from autocompress.space import BoundSpace, default_space_for, load_space
 
-__all__ = ["search", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
+__all__ = ["search", "finetune", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
            "Constraints", "Recovery", "SearchSettings", "RunSettings", "calibrate", "export_onnx"]
 
 
@@ -66,7 +66,8 @@ class Prepared:
     def evaluator(self, recovery: Recovery = Recovery(), metric: str = "top1", seed: int = 0) -> Evaluator:
         if self.data is None:
             raise UserError("this needs data (--data)")
-        return Evaluator(self.model, self.table, self.data, self.profile, recovery=recovery,
+        # the test split stays here: a search never sees it (and its workers need not hold it)
+        return Evaluator(self.model, self.table, self.data.without_test(), self.profile, recovery=recovery,
                          metric=metric, seed=seed)
 
     def space(self, spec=None) -> BoundSpace:
@@ -79,21 +80,27 @@ class Prepared:
 
 def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
             target: str | HardwareProfile | MeasuredTarget = "tpu-v1", *,
-            weights: str | None = None, train_data=None, val_data=None, num_classes: int | None = None,
-            input_shape=None, stem: str | None = None, val_samples: int | None = None,
-            normalize: str = "auto", baseline: BaselineTraining | None = BaselineTraining(),
+            weights: str | None = None, train_data=None, val_data=None, test_data=None,
+            num_classes: int | None = None, input_shape=None, stem: str | None = None,
+            val_samples: int | None = None, val_split: int | None = None, normalize: str = "auto",
+            baseline: BaselineTraining | None = BaselineTraining(),
             log: Callable[[str], None] = print) -> Prepared:
     """Resolve a model (zoo name, ``module:callable`` or nn.Module), data and target, load or
-    train the baseline weights, and trace the LayerTable."""
+    train the baseline weights, and trace the LayerTable.
+
+    A named data set gets a validation split of ``val_split`` class-balanced training samples
+    (default: 20%, at most 5,000) that the search decides on; its own held-out split becomes the
+    test split that only finished models are reported on. User Datasets keep the split given:
+    ``val_data`` is decided on, ``test_data`` (optional) reported on."""
     profile_ = load_target(target)
     notes: list[str] = []
     bundle = None
     if train_data is not None or val_data is not None:
         if train_data is None or val_data is None:
             raise UserError("give both train_data and val_data")
-        bundle = from_torch(train_data, val_data, num_classes=num_classes)
+        bundle = from_torch(train_data, val_data, test_data, num_classes=num_classes)
     elif data is not None:
-        bundle = resolve_data(data, normalize=normalize)
+        bundle = resolve_data(data, normalize=normalize, val_split=val_split)
     if bundle is not None:
         bundle = bundle.subset_val(val_samples)
         notes += bundle.notes
@@ -126,7 +133,7 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
               str(target) if not isinstance(target, HardwareProfile) else profile_.name,
               "data_fingerprint": bundle.fingerprint if bundle else None, "target": profile_.name,
               "weights": str(weights) if weights else None, "input_shape": list(shape),
-              "num_classes": classes, "stem": stem, "val_samples": val_samples, "normalize": normalize,
+              "num_classes": classes, "stem": stem, "val_samples": val_samples, "val_split": val_split, "normalize": normalize,
               "baseline_training": asdict(baseline) if baseline else None}
     return Prepared(net, desc, bundle, table, profile_, inputs, notes)
 
@@ -219,6 +226,20 @@ class SearchResult:
         self.report_path = rep.write()
         return self.report_path
 
+    def finetune(self, pick="best", *, epochs: float = 1.0, steps: int | None = None, lr: float | None = None,
+                 max_acc_drop: float | None = None, log: Callable[[str], None] = print, progress=None) -> dict:
+        """Train the chosen candidate to its final accuracy (quantisation-aware, with
+        distillation), measure it on the whole test split and write it with its figures to
+        ``run_dir/finished/trial<N>/``; returns those figures. See :func:`finetune`."""
+        if self.prepared is None:
+            return finetune(self.run_dir, pick, epochs=epochs, steps=steps, lr=lr, max_acc_drop=max_acc_drop,
+                            log=log, progress=progress)
+        from autocompress.finish import finish, pick_record
+
+        record = pick_record(self.run_dir, self._trial(pick) if pick != "best" else "best", max_acc_drop)
+        return finish(self.prepared, self.run_dir, record, self.recovery, epochs=epochs, steps=steps, lr=lr,
+                      seed=self.seed, progress=progress, log=log)
+
     def reproduce(self, trial: int) -> Metrics:
         """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
         record = next(r for r in self.records if int(r["trial"]) == int(trial))
@@ -230,6 +251,28 @@ class SearchResult:
                 self.config(trial), fidelity=fidelity)
         finally:
             torch.set_num_threads(threads)
+
+
+def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: int | None = None,
+             lr: float | None = None, max_acc_drop: float | None = None, log: Callable[[str], None] = print,
+             progress=None) -> dict:
+    """The finishing step for a run directory: rebuild the searched model and data from its
+    settings, fine-tune candidate ``pick`` (a trial number, or ``"best"``: the highest energy
+    reduction on the Pareto set within ``max_acc_drop``) for ``epochs`` over the training split
+    (or ``steps``), and report it on the test split the search never saw. Returns the figures
+    written to ``run_dir/finished/trial<N>/result.json`` (with the TorchScript and ONNX models)."""
+    from autocompress.finish import finish, pick_record
+
+    record = pick_record(run_dir, pick, max_acc_drop)  # a bad pick fails before anything is loaded
+    args = resume_arguments(run_dir)
+    if str(args["model"]).endswith("(user model)"):
+        raise UserError(f"{run_dir} searched a Python nn.Module, which cannot be rebuilt from the run "
+                        f"directory: call .finetune() on the SearchResult that search() returned")
+    prep = prepare(args["model"], args["data"], args["target"], weights=args["weights"],
+                   val_samples=args["val_samples"], val_split=args["val_split"], normalize=args["normalize"],
+                   log=log)
+    return finish(prep, run_dir, record, args["recovery"], epochs=epochs, steps=steps, lr=lr,
+                  seed=args["seed"], progress=progress, log=log)
 
 
 def resume_arguments(run_dir: str | Path) -> dict:
@@ -245,7 +288,8 @@ def resume_arguments(run_dir: str | Path) -> dict:
                 weights=inp.get("weights"), space=SearchSpace.model_validate(old["space"]),
                 objectives=s["objectives"], constraints=Constraints(**s["constraints"]), trials=s["trials"],
                 algorithm=s["algorithm"], seed=s["seed"], recovery=Recovery(**old["recovery"]),
-                metric=old["metric"], val_samples=inp.get("val_samples"), normalize=inp.get("normalize", "auto"),
+                metric=old["metric"], val_samples=inp.get("val_samples"), val_split=inp.get("val_split"),
+                normalize=inp.get("normalize", "auto"),
                 clip_range=s.get("clip_range"))
 
 
@@ -259,7 +303,8 @@ def _fingerprint(prep: Prepared, space: BoundSpace, search_: SearchSettings, rec
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, *, data: str | None = "digits",
+def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, test_data=None, *,
+           data: str | None = "digits", val_split: int | None = None,
            target: str | HardwareProfile = "tpu-v1", space: str | None = None,
            objectives: list[str] | dict | None = None, constraints: Constraints | dict | None = None,
            trials: int = 32, algorithm: str = "nsga2", seed: int = 0, weights: str | None = None,
@@ -289,6 +334,12 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     from autocompress.search_energy import SearchEnergyMeter
 
     if isinstance(constraints, dict):
+        from dataclasses import fields
+
+        valid = [f.name for f in fields(Constraints)]
+        unknown = [k for k in constraints if k not in valid]
+        if unknown:
+            raise UserError(f"unknown constraint {unknown[0]!r}; valid: {', '.join(valid)}")
         constraints = Constraints(**constraints)
     constraints = constraints or Constraints()
     if objectives is None:
@@ -313,8 +364,8 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
         if not (rundir.path / "settings.json").is_file():
             raise UserError(f"{resume} is not a run directory (no settings.json)")
     prep = prepared or prepare(model, data, target, weights=weights, train_data=train_data, val_data=val_data,
-                               num_classes=num_classes, input_shape=input_shape, val_samples=val_samples,
-                               normalize=normalize, log=log)
+                               test_data=test_data, num_classes=num_classes, input_shape=input_shape,
+                               val_samples=val_samples, val_split=val_split, normalize=normalize, log=log)
     bound = prep.space(space).restrict_bits(constraints.min_bits, constraints.max_bits)
     if search_.clip_range is not None:
         bound = replace(bound, clip_range=search_.clip_range)

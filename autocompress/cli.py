@@ -74,7 +74,9 @@ def search(
                                              "before quantising (write --clip-range=-4,4)"),
     metric: str = typer.Option("top1", help="top1, top5 or macro_f1"),
     finetune_steps: int = typer.Option(0, help="fine-tuning steps (with distillation) per candidate"),
-    val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed subset of the validation data"),
+    val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed class-balanced subset of the validation split"),
+    val_split: Optional[int] = typer.Option(None, help="training images held out (class-balanced) as the validation "
+                                            "split the search decides on (default: 20%, at most 5000; 0: none)"),
     normalize: str = typer.Option("auto", help="auto (training-set statistics), cifar10 or imagenet"),
     input_shape: Optional[str] = typer.Option(None, help="expected input shape, e.g. 3x32x32 (checked against the data)"),
     workers: Optional[int] = typer.Option(None, help="concurrent trials (default: free cores)"),
@@ -102,7 +104,7 @@ def search(
         objectives = ",".join(args["objectives"])
         constraints = args["constraints"]
         clip = args["clip_range"]
-        val_samples, normalize = args["val_samples"], args["normalize"]
+        val_samples, val_split, normalize = args["val_samples"], args["val_split"], args["normalize"]
         finetune_steps = args["recovery"].finetune_steps
     else:
         constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
@@ -128,7 +130,7 @@ def search(
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
     prep = api.prepare(model, data, target, weights=str(weights) if weights else None, input_shape=input_shape,
-                       val_samples=val_samples, normalize=normalize, log=console.print)
+                       val_samples=val_samples, val_split=val_split, normalize=normalize, log=console.print)
     console.print(f"model: {prep.model_desc}; {len(prep.table)} layers, "
                   f"{prep.table.total_macs / 1e6:.1f} M MACs, {prep.table.total_params / 1e6:.2f} M parameters")
     for note in prep.notes:
@@ -337,32 +339,6 @@ def profile(
                   f"(all parameters of the model); latency and energy {totals['origin']}")
 
 
-def _pick(result_dir: Path, pick: str, max_acc_drop: Optional[float]):
-    """The run's records and the chosen trial number (``best``: highest energy reduction)."""
-    from autocompress.search import RunDirectory
-
-    rd = RunDirectory(result_dir)
-    if not (rd.path / "settings.json").is_file():
-        raise UserError(f"{result_dir} is not a run directory (no settings.json)")
-    records = rd.trials()
-    pareto = json.loads((rd.path / "pareto.json").read_text()) if (rd.path / "pareto.json").exists() else {}
-    candidates = pareto.get("candidates", [])
-    if pick == "best":
-        rows = [c for c in candidates if max_acc_drop is None or c["accuracy_drop"] <= max_acc_drop]
-        if not rows:
-            raise NothingFeasible(f"no Pareto candidate in {result_dir} meets the limits")
-        trial = max(rows, key=lambda c: c["energy_reduction"])["trial"]
-    else:
-        try:
-            trial = int(pick)
-        except ValueError:
-            raise UserError(f"--pick must be a trial number or 'best', not {pick!r}") from None
-    record = next((r for r in records if int(r["trial"]) == int(trial) and r.get("config")), None)
-    if record is None:
-        raise UserError(f"{result_dir} has no trial {trial} with a config")
-    return rd, record
-
-
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="a search's run directory"),
@@ -380,11 +356,14 @@ def export(
 
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    rd, record = _pick(run_dir, pick, max_acc_drop)
+    from autocompress.finish import pick_record
+
+    record = pick_record(run_dir, pick, max_acc_drop)
     config = CompressionConfig.from_dict(record["config"])
     args = api.resume_arguments(run_dir)
     prep = api.prepare(args["model"], args["data"], args["target"], weights=args["weights"],
-                       val_samples=args["val_samples"], normalize=args["normalize"], log=console.print)
+                       val_samples=args["val_samples"], val_split=args["val_split"], normalize=args["normalize"],
+                       log=console.print)
 
     def build():
         from dataclasses import replace
@@ -400,6 +379,50 @@ def export(
     console.print(f"trial {record['trial']} -> {out}: {what}")
     console.print(f"  accuracy {100 * m['accuracy']:.2f}% (drop {m['accuracy_drop']:.2f} pp), "
                   f"{m['size_bytes'] / 1e6:.2f} MB, energy reduction {m['energy_reduction']:.2f}x ({m['cost_origin']})")
+
+
+@app.command()
+def finetune(
+    run_dir: Path = typer.Argument(..., help="a search's run directory"),
+    pick: str = typer.Option("best", help="trial number, or best (highest energy reduction on the Pareto set)"),
+    max_acc_drop: Optional[float] = typer.Option(None, help="with --pick best: largest accepted accuracy drop"),
+    epochs: float = typer.Option(1.0, help="passes over the training split (fractions allowed)"),
+    steps: Optional[int] = typer.Option(None, help="fine-tuning steps instead of --epochs"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate of the one-cycle schedule (default: the search's)"),
+):
+    """Train a chosen candidate to its final accuracy and measure it on the test split the search
+    never saw; writes the model (TorchScript, QDQ ONNX) and its figures to RUN_DIR/finished/."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import autocompress.api as api
+    from autocompress.finish import pick_record
+
+    if epochs <= 0:
+        raise UserError(f"--epochs must be above 0, not {epochs}")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, not {steps}")
+    pick_record(run_dir, pick, max_acc_drop)  # a bad run directory or pick fails before anything loads
+    progress = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
+    task = progress.add_task("finetune", total=1, loss="-")
+    with progress:
+        result = api.finetune(run_dir, pick, epochs=epochs, steps=steps, lr=lr, max_acc_drop=max_acc_drop,
+                              log=console.print,
+                              progress=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=f"{loss:.3f}"))
+    console.print(f"trial {result['trial']} finished: {result['training_images']:,} training images in "
+                  f"{result['train_seconds']:.0f} s ({result['cpu']})")
+    for split in ("val", "test"):
+        if f"accuracy_{split}" not in result:
+            continue
+        se = result[f"accuracy_drop_se_{split}"]
+        console.print(f"  {split}: {100 * result[f'accuracy_{split}']:.2f}% on {result[f'{split}_images']:,} images "
+                      f"(uncompressed {100 * result[f'baseline_accuracy_{split}']:.2f}%, drop "
+                      f"{result[f'accuracy_drop_{split}']:.2f} pp" + (f" +/- {se:.2f}, paired)" if se is not None else ")"))
+    if "note" in result:
+        console.print(f"  {result['note']}", style="yellow")
+    console.print(f"  energy reduction {result['energy_reduction']:.2f}x ({result['cost_origin']}), "
+                  f"{result['size_bytes'] / 1e6:.2f} MB modeled packed size")
+    console.print(f"written: {result['path']} (result.json, config.yaml, model.pt, model.onnx)")
 
 
 @app.command("apply")

@@ -26,7 +26,7 @@ from autocompress.data import DataBundle
 from autocompress.graph import LayerTable
 from autocompress.hardware import CostModel, HardwareProfile, MeasuredTarget
 
-__all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db", "origin_sentence"]
+__all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db", "paired_drop_se", "origin_sentence"]
 
 SQNR_SAMPLES = 256
 
@@ -41,6 +41,25 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, metric: str = "top1") -
         from sklearn.metrics import f1_score
         return float(f1_score(labels.numpy(), logits.argmax(1).numpy(), average="macro"))
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def paired_drop_se(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor,
+                   metric: str = "top1") -> float | None:
+    """Standard error, in points, of the accuracy drop of ``other`` against ``reference`` on the
+    same images: the per-image differences in correctness carry it, so it is far smaller than
+    either accuracy's own error when the two models agree on most images. None for metrics that
+    are not a mean over images (macro F1)."""
+    if metric not in ("top1", "top5"):
+        return None
+    if metric == "top1":
+        a, b = reference.argmax(1) == labels, other.argmax(1) == labels
+    else:
+        k = min(5, reference.shape[1])
+        a = (reference.topk(k, dim=1).indices == labels[:, None]).any(1)
+        b = (other.topk(k, dim=1).indices == labels[:, None]).any(1)
+    diff = a.float() - b.float()
+    n = len(diff)
+    return 0.0 if n < 2 else float(100.0 * diff.std(unbiased=True) / math.sqrt(n))
 
 
 def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -81,6 +100,9 @@ class Metrics:
     weight_sqnr_min_db: float | None = None  # the worst layer
     weight_bits_max: int = FLOAT_BITS  # over the layers left in the model (32: float)
     weight_bits_min: int = FLOAT_BITS
+    accuracy_drop_se: float | None = None  # paired standard error of the drop (same images), points
+    eval_images: int = 0  # how many validation images the accuracy rests on
+    training_images: int = 0  # images through forward + backward to get this candidate (fine-tuning)
     accuracy_screen: float | None = None  # before fine-tuning (the cheap fidelity)
     fidelity: str = "screen"  # "screen": BN re-estimation only; "full": with the fine-tuning budget
     cost_origin: str = ""
@@ -219,6 +241,9 @@ class Evaluator:
         logits = predict(compressed, self.data.val_x)
         m.accuracy = accuracy(logits, self.data.val_y, self.metric)
         m.accuracy_drop = 100.0 * (self.baseline_accuracy - m.accuracy)
+        m.eval_images = len(self.data.val_y)
+        m.accuracy_drop_se = paired_drop_se(self.baseline_logits, logits, self.data.val_y, self.metric)
+        m.training_images = recovery.finetune_steps * recovery.batch_size
         n = min(SQNR_SAMPLES, len(logits))
         m.sqnr_db = sqnr_db(self.baseline_logits[:n], logits[:n])
         m.quant_error = 10 ** (-m.sqnr_db / 10)

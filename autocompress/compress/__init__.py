@@ -34,7 +34,8 @@ class Recovery:
 
 
 def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
-          data: DataBundle | None = None, recovery: Recovery = Recovery(), seed: int = 0) -> nn.Module:
+          data: DataBundle | None = None, recovery: Recovery = Recovery(), seed: int = 0,
+          progress=None) -> nn.Module:
     """Return a compressed copy of ``model``: made shallower, pruned, factorised, recovered,
     then quantised.
 
@@ -56,7 +57,7 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
                               batch_size=recovery.batch_size, seed=seed)
     if data is not None and recovery.finetune_steps > 0:
         train(compressed, data, steps=recovery.finetune_steps, lr=recovery.lr,
-              batch_size=recovery.batch_size, teacher=model, seed=seed, bf16=recovery.bf16)
+              batch_size=recovery.batch_size, teacher=model, seed=seed, bf16=recovery.bf16, progress=progress)
     if config.fold_batchnorm:
         fold_batchnorms(compressed, table)
     wbits = {n: config.layer(n).wbits for n in table.names if config.layer(n).wbits}

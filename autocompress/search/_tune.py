@@ -32,7 +32,8 @@ def _trial(tune_config: dict, problem: Problem | None = None) -> dict:
     if tune_config.get("duplicate_of") is not None:  # nothing to evaluate: the driver has the result
         return {"payload": ""}
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    record = problem.evaluate(tune_config["index"], tune_config["values"], tune_config.get("front"))
+    record = problem.evaluate(tune_config["index"], tune_config["values"], tune_config.get("front"),
+                              tune_config.get("pairs"))
     return {"payload": json.dumps(record, default=str)}
 
 
@@ -72,8 +73,12 @@ class SamplerSearcher(_RaySearcher):
         # the Pareto front so far: the trial decides whether its candidate deserves fine-tuning
         front = [(r["metrics"]["energy_reduction"], r["metrics"]["accuracy"]) for r in self.seen.values()
                  if r["status"] == "ok"]
+        # what fine-tuning won back so far: the trial's screening rule learns from it
+        pairs = [(r["metrics"]["accuracy_screen"], r["metrics"]["accuracy"]) for r in self.seen.values()
+                 if r["status"] != "failed" and (r.get("metrics") or {}).get("fidelity") == "full"
+                 and r["metrics"].get("accuracy_screen") is not None]
         return {"index": index, "values": values, "duplicate_of": first["trial"] if first else None,
-                "front": front}
+                "front": front, "pairs": pairs}
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         handle, index, values = self.pending.pop(trial_id)
