@@ -262,3 +262,18 @@ def test_screening_gives_budget_to_a_heavily_pruned_candidate_until_fine_tuning_
     assert not problem.promising(pruned, front=[(3.5, 0.877)], pairs=recovered_well)
     estimate = RecoveryEstimate.learn(0.877, recovered_little)
     assert estimate.pairs == 3 and 0.1 < estimate.share < 0.3
+
+
+def test_starting_points_end_with_the_structure_heavy_corner():
+    from autocompress.search._sampler import starting_points
+    from autocompress.space import Param
+
+    params = [Param("prune:a", "prune", ("a",), (0.0, 0.25, 0.5, 0.625, 0.75)),
+              Param("prune:b", "prune", ("b",), (0.0, 0.25, 0.5, 0.625)),
+              Param("wbits:c", "wbits", ("c",), (2, 3, 4, 6, 8))]
+    points = starting_points(params, budget=12)
+    assert points == [{"prune:a": 0.0, "prune:b": 0.0, "wbits:c": 4},
+                      {"prune:a": 0.0, "prune:b": 0.0, "wbits:c": 2},
+                      {"prune:a": 0.25, "prune:b": 0.25, "wbits:c": 8},
+                      {"prune:a": 0.5, "prune:b": 0.5, "wbits:c": 4}]
+    assert len(starting_points(params, budget=9)) == 3  # at most a third of the budget

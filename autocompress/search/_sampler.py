@@ -113,9 +113,11 @@ _BITS = ("wbits", "abits")
 def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
     """Where every search starts, at most a third of its budget: the structure left whole with
     the middle, then the lowest bit-widths of the space, then every pruning ratio one step above
-    its least (the rest left whole). On a trained network without fine-tuning, most random
-    candidates of a pruning space lose several points of accuracy; these give the samplers
-    feasible candidates to improve on from the first generation."""
+    its least (the rest left whole), then the structure-heavy corner: every pruning ratio half-way
+    up its ladder with the middle bit-widths. On a trained network without fine-tuning, most
+    random candidates of a pruning space lose several points of accuracy; the first three give
+    the samplers feasible candidates to improve on from the first generation, the last one the
+    structure that targets paying for weight traffic need (with fine-tuning it can recover)."""
     def ladder(p: Param) -> list[float]:  # least compressing first
         if p.categorical:
             values = list(p.choices)
@@ -128,20 +130,22 @@ def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
 
     ladders = {p.name: ladder(p) for p in params}
 
-    def point(bits: str, prune_steps: int) -> dict[str, float]:
+    def point(bits: str, prune_steps: int | str) -> dict[str, float]:
         out = {}
         for p in params:
             steps = ladders[p.name]
             if p.knob in _BITS:
                 i = {"whole": 0, "middle": (len(steps) - 1) // 2, "lowest": len(steps) - 1}[bits]
+            elif p.knob == "prune":
+                i = len(steps) // 2 if prune_steps == "half" else min(prune_steps, len(steps) - 1)
             else:
-                i = min(prune_steps, len(steps) - 1) if p.knob == "prune" else 0
+                i = 0
             out[p.name] = steps[i]
         return out
 
     least = point("whole", 0)
     points = []
-    for candidate in (point("middle", 0), point("lowest", 0), point("whole", 1)):
+    for candidate in (point("middle", 0), point("lowest", 0), point("whole", 1), point("middle", "half")):
         if candidate != least and candidate not in points:
             points.append(candidate)
     return points[:budget // 3]
