@@ -19,6 +19,20 @@ from autocompress._errors import NothingFeasible, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best way to compress a neural network for a given piece of hardware.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from autocompress import __version__
+
+        print(f"autocompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Find the best way to compress a neural network for a given piece of hardware."""
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -57,16 +71,16 @@ def search(
     weights: Optional[Path] = typer.Option(None, help="state dict to load; without it a baseline is trained and cached"),
     space: Optional[str] = typer.Option(None, help="search space name or YAML path (default: tuned for the model)"),
     trials: int = typer.Option(24, help="trial budget"),
-    algorithm: str = typer.Option("nsga2", help="nsga2, tpe or random"),
-    seed: int = typer.Option(0),
+    algorithm: str = typer.Option("nsga2", help="nsga2, tpe, random (Optuna), pymoo-nsga2, pymoo-nsga3 (pymoo)"),
+    seed: int = typer.Option(0, help="sampler seed (with --workers 1 the whole search repeats exactly)"),
     objectives: str = typer.Option("energy_reduction,accuracy", help="comma-separated: energy_reduction, accuracy, size_bytes, latency_ms"),
     max_acc_drop: float = typer.Option(1.0, help="largest accepted top-1 drop, percentage points"),
-    max_size_mb: Optional[float] = typer.Option(None),
-    max_params: Optional[int] = typer.Option(None),
-    max_macs: Optional[int] = typer.Option(None),
-    max_latency_ms: Optional[float] = typer.Option(None),
-    min_energy_reduction: Optional[float] = typer.Option(None),
-    min_sqnr_db: Optional[float] = typer.Option(None),
+    max_size_mb: Optional[float] = typer.Option(None, help="largest model size, MB (weights at their bits plus scales)"),
+    max_params: Optional[int] = typer.Option(None, help="most parameters"),
+    max_macs: Optional[int] = typer.Option(None, help="most multiply-accumulates per inference"),
+    max_latency_ms: Optional[float] = typer.Option(None, help="largest latency per batch on the target, ms"),
+    min_energy_reduction: Optional[float] = typer.Option(None, help="smallest energy reduction (uncompressed / candidate)"),
+    min_sqnr_db: Optional[float] = typer.Option(None, help="smallest SQNR of the logits against the uncompressed model, dB"),
     max_quant_error: Optional[float] = typer.Option(None, help="largest logits noise/signal power ratio, 10^(-SQNR/10)"),
     max_bits: Optional[int] = typer.Option(None, help="upper bound on every weight's bit-width"),
     min_bits: Optional[int] = typer.Option(None, help="lower bound on every weight's bit-width"),
@@ -507,13 +521,12 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors: click's, or the copy of click that typer >= 0.29 vendors
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if "ClickException" in names and hasattr(e, "show"):
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+            sys.exit(getattr(e, "exit_code", 2))
+        if "Abort" in names:
             sys.exit(130)
         raise
 

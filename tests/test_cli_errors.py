@@ -138,3 +138,10 @@ def test_a_malformed_space_names_file_and_field_through_the_cli(tmp_path, text, 
     path.write_text(text)
     line = _one_line_error(cli("search", "--model", TINY, "--space", str(path)))
     assert "my-space.yaml" in line and expected in line
+
+
+def test_version_and_unknown_options_need_no_traceback():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip().startswith("autocompress ")
+    r = cli("search", "--bogus")
+    assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr
