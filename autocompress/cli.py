@@ -448,20 +448,27 @@ def apply_cmd(
     target: str = typer.Option("tpu-v1", help="profile used to cost the result"),
     finetune_steps: int = typer.Option(0, help="fine-tuning steps with distillation (as in the search)"),
     seed: int = typer.Option(0),
+    normalize: str = typer.Option("auto", help="auto (training-set statistics), cifar10 or imagenet (as in the search)"),
+    val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed class-balanced subset of the validation split (as in the search)"),
+    val_split: Optional[int] = typer.Option(None, help="training images held out as the validation split (as in the search)"),
     out: Path = typer.Option(..., help="file for the compressed model (TorchScript)"),
 ):
     """Re-create a compressed model from a config and save it."""
+    import torch
+
     import autocompress.api as api
-    from autocompress.compress import Recovery, apply
+    from autocompress.compress import Recovery
     from autocompress.config import CompressionConfig
     from autocompress.export import save_model
 
     cfg = CompressionConfig.load(config)
-    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, log=console.print)
+    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, normalize=normalize,
+                       val_samples=val_samples, val_split=val_split, log=console.print)
     evaluator = prep.evaluator(Recovery(finetune_steps=finetune_steps), seed=seed)
     cfg = evaluator.complete(cfg)
-    metrics = evaluator.evaluate(cfg)
-    compressed = apply(prep.model, prep.table, cfg, data=prep.data, recovery=evaluator.recovery, seed=seed)
+    torch.manual_seed(seed)
+    compressed = evaluator.build(cfg)  # built once: evaluated, then saved
+    metrics = evaluator.evaluate(cfg, fidelity="full" if finetune_steps else "screen", compressed=compressed)
     what = save_model(compressed, torch_zeros(prep.table.input_shape), out)
     console.print(f"{out}: {what}")
     console.print(f"  accuracy {100 * metrics.accuracy:.2f}% (drop {metrics.accuracy_drop:.2f} pp), "
