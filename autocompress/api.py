@@ -374,54 +374,62 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     evaluator = prep.evaluator(recovery, metric, seed)
     problem = Problem(bound, evaluator, objectives, constraints)
     fingerprint = _fingerprint(prep, bound, search_, recovery, metric)
-    if resume is not None:
-        old = rundir.settings
-        if old.get("fingerprint") != fingerprint:
-            raise UserError(f"{resume} belongs to another search ({old.get('inputs', {}).get('model')} on "
-                            f"{old.get('inputs', {}).get('target')}, other settings); start a new run with --out")
-        done = len(rundir.trials())
-        log(f"Resuming {rundir.path}: {done} trial(s) already done, {max(0, trials - done)} to go.")
-    else:
+    if resume is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         model_name = str(prep.inputs["model"]).split(":")[-1].split(" ")[0]
         rundir = RunDirectory(out or Path("runs") / f"{model_name}-{prep.profile.name}-{stamp}")
-        if (rundir.path / "trials.jsonl").exists():
-            raise UserError(f"{rundir.path} already holds a search; resume it with --resume or choose another --out")
-        baseline = evaluator.baseline_metrics().to_dict()
-        settings = {"fingerprint": fingerprint, "inputs": prep.inputs, "space": bound.space.model_dump(),
-                    "space_params": [p.name for p in bound.params], "recovery": asdict(recovery),
-                    "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_),
-                    "carbon": {**carbon.to_dict(), "country": country}}
-        rundir.create(settings, baseline)
-    if not (rundir.path / "layers.json").exists():
-        rundir.write_layers(prep.table, prep.profile)
-    meter = SearchEnergyMeter(rundir.path, country).start() if measure_energy else None
+    with rundir.lock():  # one search writes a run directory at a time
+        if resume is not None:
+            torn = rundir.set_aside_torn_line()
+            if torn:
+                log(f"note: {torn}")
+            old = rundir.settings
+            if old.get("fingerprint") != fingerprint:
+                raise UserError(f"{resume} belongs to another search ({old.get('inputs', {}).get('model')} on "
+                                f"{old.get('inputs', {}).get('target')}, other settings); start a new run with --out")
+            done = len(rundir.trials())
+            log(f"Resuming {rundir.path}: {done} trial(s) already done, {max(0, trials - done)} to go.")
+        else:
+            if (rundir.path / "trials.jsonl").exists():
+                raise UserError(f"{rundir.path} already holds a search; resume it with --resume or choose another --out")
+            baseline = evaluator.baseline_metrics().to_dict()
+            settings = {"fingerprint": fingerprint, "inputs": prep.inputs, "space": bound.space.model_dump(),
+                        "space_params": [p.name for p in bound.params], "recovery": asdict(recovery),
+                        "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_),
+                        "carbon": {**carbon.to_dict(), "country": country}}
+            try:
+                rundir.create(settings, baseline)
+            except OSError as e:
+                raise UserError(f"cannot write the run directory {rundir.path}: {e.strerror or e}") from None
+        if not (rundir.path / "layers.json").exists():
+            rundir.write_layers(prep.table, prep.profile)
+        meter = SearchEnergyMeter(rundir.path, country).start() if measure_energy else None
 
-    def on_record(record, records_):
-        if meter is not None:
-            meter.update()  # a killed search keeps what it had spent up to its last trial
-        if on_trial is not None:
-            on_trial(record, records_)
+        def on_record(record, records_):
+            if meter is not None:
+                meter.update()  # a killed search keeps what it had spent up to its last trial
+            if on_trial is not None:
+                on_trial(record, records_)
 
-    try:
-        records = run_search(problem, search_, run_, rundir, on_trial=on_record)  # writes the tables
-    finally:
-        if meter is not None:
-            meter.stop()
-    frame = trials_frame(records)
-    pareto, hv = pareto_of(frame, objectives, reference_point(problem, rundir.baseline))
-    result = SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
-    if report:
         try:
-            result.report(grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country)
-        except Exception as e:  # noqa: BLE001 - the search's results are on disk either way
-            log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
-                f"try: autocompress report {rundir.path}")
-    if pareto.empty and raise_if_infeasible:
-        raise NothingFeasible(f"no candidate met the constraints; every trial is recorded in "
-                              f"{rundir.path}/trials.csv (loosen a constraint or raise the trial budget)",
-                              result)
-    return result
+            records = run_search(problem, search_, run_, rundir, on_trial=on_record)  # writes the tables
+        finally:
+            if meter is not None:
+                meter.stop()
+        frame = trials_frame(records)
+        pareto, hv = pareto_of(frame, objectives, reference_point(problem, rundir.baseline))
+        result = SearchResult(rundir.path, frame, pareto, hv, rundir.baseline, records, prep, recovery, seed, metric)
+        if report:
+            try:
+                result.report(grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country)
+            except Exception as e:  # noqa: BLE001 - the search's results are on disk either way
+                log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
+                    f"try: autocompress report {rundir.path}")
+        if pareto.empty and raise_if_infeasible:
+            raise NothingFeasible(f"no candidate met the constraints; every trial is recorded in "
+                                  f"{rundir.path}/trials.csv (loosen a constraint or raise the trial budget)",
+                                  result)
+        return result
 
 
 def compress(model: nn.Module, config: CompressionConfig | str | Path, *, data: DataBundle | None = None,

@@ -141,6 +141,9 @@ def search(
     from autocompress.search import SearchSettings
 
     SearchSettings(trials=trials, algorithm=algorithm)  # a bad budget or algorithm too, before any training
+    from autocompress.search import RunSettings
+
+    RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address).resolved()
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
     prep = api.prepare(model, data, target, weights=str(weights) if weights else None, input_shape=input_shape,

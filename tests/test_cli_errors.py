@@ -145,3 +145,28 @@ def test_version_and_unknown_options_need_no_traceback():
     assert r.returncode == 0 and r.stdout.strip().startswith("autocompress ")
     r = cli("search", "--bogus")
     assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_directory_has_one_writer_and_a_torn_last_line_is_set_aside(tmp_path):
+    import fcntl
+
+    from autocompress.search.rundir import RunDirectory
+
+    rd = RunDirectory(tmp_path / "run")
+    with rd.lock():
+        r = cli("search", "--model", TINY, "--trials", "1", "--out", str(rd.path))
+        line = _one_line_error(r)
+        assert f"is in use by another search (PID {__import__('os').getpid()})" in line
+    with open(rd.path / ".lock") as f:  # released with its holder
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (rd.path / "trials.jsonl").write_text('{"trial": 0, "status": "ok"}\n{"trial": 1, "sta')
+    note = rd.set_aside_torn_line()
+    assert "trials.jsonl.torn" in note
+    assert [r["trial"] for r in rd.trials()] == [0]
+    assert (rd.path / "trials.jsonl").read_text().endswith("\n")
+    assert (rd.path / "trials.jsonl.torn").read_text() == '{"trial": 1, "sta\n'
+    assert rd.set_aside_torn_line() is None  # nothing left to set aside
+
+
+def test_workers_zero_is_refused():
+    assert "--workers must be at least 1, not 0" in _one_line_error(cli("search", "--workers", "0"))

@@ -54,7 +54,7 @@ class RunSettings:
 
     def resolved(self) -> "RunSettings":
         cores = os.cpu_count() or 1
-        workers = self.workers or cores
+        workers = cores if self.workers is None else self.workers  # 0 is an error, not "the default"
         if workers < 1:
             raise UserError(f"--workers must be at least 1, not {workers}")
         cpus = self.cpus_per_trial or max(1, cores // workers)

@@ -12,6 +12,7 @@ report.html, *.png  the report (autocompress.report)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,56 @@ METRIC_COLUMNS = ["accuracy", "accuracy_drop", "size_bytes", "params", "macs", "
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory for one search: an OS-level lock on ``.lock``, so a second
+        search on it stops at once with the holder's PID. The OS drops the lock when its process
+        dies, so a killed search leaves nothing stale to clean up."""
+        import fcntl
+
+        from autocompress._errors import UserError
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / ".lock", "a+")
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {self.path}: {e.strerror or e}") from None
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise UserError(f"{self.path} is in use by another search (PID {holder}); wait for it to "
+                                f"end or choose another --out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield self
+        finally:
+            handle.close()  # closing releases the lock
+
+    def set_aside_torn_line(self) -> str | None:
+        """A kill during a write can leave a partial last line in trials.jsonl; the next append
+        would merge into it. Move it to trials.jsonl.torn (kept, not lost) and say so; its trial
+        is not recorded, so it runs again."""
+        path = self.path / "trials.jsonl"
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return None
+        cut = data.rfind(b"\n") + 1
+        with open(self.path / "trials.jsonl.torn", "ab") as f:
+            f.write(data[cut:] + b"\n")
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+        return (f"set aside a partial last line of {path.name} (a kill during a write) in "
+                f"{path.name}.torn; that trial runs again")
 
     def create(self, settings: dict, baseline: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
