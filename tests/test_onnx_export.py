@@ -77,10 +77,12 @@ def test_each_quantised_layer_is_integers_per_channel(exported):
 
 def test_onnxruntime_matches_the_fake_quantised_model(exported, digits):
     model, _, info, info8 = exported
+    x = torch.cat([digits.val_x, digits.test_x])  # every held-out image: a point is ~6 of them
+    y = torch.cat([digits.val_y, digits.test_y])
     with torch.no_grad():
-        ref = model(digits.val_x).numpy()
-    plain = _run(info.path, digits.val_x, optimize=False)  # the graph's own semantics
-    fused = _run(info.path, digits.val_x)  # onnxruntime's integer kernels where it fuses QDQ
+        ref = model(x).numpy()
+    plain = _run(info.path, x, optimize=False)  # the graph's own semantics
+    fused = _run(info.path, x)  # onnxruntime's integer kernels where it fuses QDQ
     scale = np.abs(ref).max()
     # not bit-exact: biases become INT32 at scale (input scale x weight scale), as integer kernels
     # need, which moves them by up to half a step; that can carry a value over a rounding step
@@ -88,8 +90,9 @@ def test_onnxruntime_matches_the_fake_quantised_model(exported, digits):
     assert np.median(np.abs(plain - ref)) < 0.01 * scale
     assert np.abs(plain - ref).max() < 0.05 * scale
     assert np.abs(fused - ref).max() < 0.05 * scale
-    top1 = lambda out: float((out.argmax(1) == digits.val_y.numpy()).mean()) * 100  # noqa: E731
-    assert abs(top1(plain) - top1(ref)) <= 0.5 and abs(top1(fused) - top1(ref)) <= 0.5
+    top1 = lambda out: float((out.argmax(1) == y.numpy()).mean()) * 100  # noqa: E731
+    # a 2-bit layer puts some logits near ties, where that rounding flips about 1 image in 100
+    assert abs(top1(plain) - top1(ref)) <= 1.0 and abs(top1(fused) - top1(ref)) <= 1.0
     # INT32 biases are within half a step of the float ones
     import onnx
     from onnx import numpy_helper
@@ -103,7 +106,7 @@ def test_onnxruntime_matches_the_fake_quantised_model(exported, digits):
             error = np.abs(inits[f"{name}.bias_quantized"] * step - bias.detach().numpy())
             assert (error <= 0.5 * step * (1 + 1e-5)).all()
     # INT8 containers hold the same values as the INT4 ones
-    assert np.array_equal(_run(info8.path, digits.val_x, optimize=False), plain)
+    assert np.array_equal(_run(info8.path, x, optimize=False), plain)
     assert set(info8.weights.values()) == {"INT8"}
 
 

@@ -6,6 +6,10 @@ unsigned when the calibration data never goes negative (after a ReLU), else symm
 
 The scales stay on the modules (``weight_bits`` / ``weight_scale`` attributes on a quantised
 layer, :meth:`ActQuant.qparams`), so an exporter writes exactly the integers simulated here.
+
+Quantisation-aware fine-tuning trains through the same grids with a straight-through estimator
+(:func:`attach_weight_fake_quant`, and :class:`ActQuant` whenever a gradient is asked for); the
+finished model is then quantised for real by :func:`quantize_weights` as without training.
 """
 from __future__ import annotations
 
@@ -21,14 +25,59 @@ from autocompress.config import FLOAT_BITS
 def quantize_weight_(weight: torch.Tensor, bits: int, clip: tuple[float, float] | None = None) -> torch.Tensor:
     """Round ``weight`` in place to ``bits``-bit symmetric per-output-channel values, after
     clipping it to ``clip`` (min, max) when given."""
-    qmax = 2 ** (bits - 1) - 1
     flat = weight.detach().reshape(weight.shape[0], -1)
+    q, scale = _weight_grid(flat, bits, clip)
+    weight.data.copy_((q * scale[:, None]).reshape(weight.shape))
+    return scale
+
+
+def _weight_grid(flat: torch.Tensor, bits: int, clip: tuple[float, float] | None):
+    """(integers, per-row scale) of a (out, -1) weight: the one grid training and export share."""
+    qmax = 2 ** (bits - 1) - 1
     if clip is not None:
         flat = flat.clamp(clip[0], clip[1])
     scale = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
-    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax)
-    weight.data.copy_((q * scale[:, None]).reshape(weight.shape))
-    return scale
+    return torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax), scale
+
+
+class WeightFakeQuant(nn.Module):
+    """A weight parametrisation: the weight as :func:`quantize_weight_` would round it, with a
+    straight-through gradient (zero outside the clipping range, as the clamp passes none)."""
+
+    def __init__(self, bits: int, clip: tuple[float, float] | None = None):
+        super().__init__()
+        self.bits, self.clip = bits, clip
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        flat = w.reshape(w.shape[0], -1)
+        if self.clip is not None:
+            flat = flat.clamp(self.clip[0], self.clip[1])
+        q, scale = _weight_grid(flat.detach(), self.bits, None)  # the scale is a constant, as at export
+        return (flat + (q * scale[:, None] - flat).detach()).reshape(w.shape)
+
+
+def attach_weight_fake_quant(model: nn.Module, wbits: dict[str, int],
+                             clip: tuple[float, float] | None = None) -> list[nn.Module]:
+    """Make every layer with wbits < 32 compute with its fake-quantised weight (a
+    parametrisation, so the optimiser still updates the float weight); returns the layers."""
+    from torch.nn.utils import parametrize
+
+    layers = []
+    for name, bits in wbits.items():
+        if bits >= FLOAT_BITS:
+            continue
+        for layer in compute_layers(model, name):
+            parametrize.register_parametrization(layer, "weight", WeightFakeQuant(bits, clip))
+            layers.append(layer)
+    return layers
+
+
+def remove_weight_fake_quant(layers: list[nn.Module]) -> None:
+    """Undo :func:`attach_weight_fake_quant`: the layers get their trained float weights back."""
+    from torch.nn.utils import parametrize
+
+    for layer in layers:
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
 
 def weight_integers(module: nn.Module) -> torch.Tensor:
@@ -48,6 +97,12 @@ class ActQuant(nn.Module):
         self.observing = True
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
+
+    def reset(self) -> None:
+        """Forget the range and observe again."""
+        self.lo.fill_(float("inf"))
+        self.hi.fill_(float("-inf"))
+        self.observing = True
 
     @property
     def signed(self) -> bool:
@@ -69,6 +124,9 @@ class ActQuant(nn.Module):
                 self.lo, self.hi = self.lo.clamp(self.clip[0], self.clip[1]), self.hi.clamp(self.clip[0], self.clip[1])
             return x
         scale, qmin, qmax = self.qparams()
+        if x.requires_grad and torch.is_grad_enabled():  # training: straight through within the range
+            xc = torch.clamp(x, qmin * scale, qmax * scale)
+            return xc + (torch.clamp(torch.round(xc / scale), qmin, qmax) * scale - xc).detach()
         return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
 
 
@@ -106,3 +164,20 @@ def attach_activation_quantizers(model: nn.Module, abits: dict[str, int],
             layer.register_forward_pre_hook(lambda mod, args: (mod.input_quant(args[0]),) + tuple(args[1:]))
             quantizers.append(q)
     return quantizers
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, quantizers: list[ActQuant], x: torch.Tensor, y: torch.Tensor,
+                          *, batches_: int, batch_size: int) -> None:
+    """Observe the quantisers' ranges on the first ``batches_`` batches of ``x``, then fix them."""
+    from autocompress.data import batches
+
+    for q in quantizers:
+        q.reset()
+    model.eval()
+    for i, (xb, _) in enumerate(batches(x, y, batch_size)):
+        if i >= batches_:
+            break
+        model(xb)
+    for q in quantizers:
+        q.observing = False
