@@ -51,9 +51,9 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
     -> then, without quantisation-aware fine-tuning: fine-tune with distillation (float) -> fold
     BN into the convs (when the config says so) -> quantise weights -> re-estimate the BNs left
     -> calibrate activation ranges; with it (``qat`` and fine-tuning steps and some bits below
-    32): fold BN -> attach weight fake-quantisation and calibrated activation quantisers ->
-    fine-tune through them -> quantise the trained float weights for real -> re-estimate the BNs
-    left -> re-calibrate activation ranges, so the integers are what they would be without it.
+    32): attach weight fake-quantisation and calibrated activation quantisers -> fine-tune
+    through them (BN kept) -> re-estimate BN -> fold BN -> quantise the trained float weights
+    for real -> re-calibrate activation ranges, so the integers are what they would be without it.
     Deterministic for a given model, config, data and seed.
     """
     torch.manual_seed(seed)
@@ -83,17 +83,23 @@ def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
                teacher_pool=recovery.teacher_pool, progress=progress)
     if data is not None and recovery.finetune_steps > 0 and not qat:
         train(compressed, data, **fit)
-    if config.fold_batchnorm:
-        fold_batchnorms(compressed, table)
     quantizers = []
     if qat:
+        # BN stays while training (a folded network has none, and at the usual learning rate its
+        # fine-tuning diverges: 50% pruning fell to chance in 2 steps). Folding afterwards keeps
+        # the grid: symmetric per-output-channel rounding commutes with scaling a channel by
+        # BN's gamma / sigma, so the folded weights round to the trained ones, folded.
         fake = attach_weight_fake_quant(compressed, wbits, config.clip)
         quantizers = attach_activation_quantizers(compressed, abits, config.clip)
         if quantizers:  # ranges as the finished model would calibrate them, fixed while training
             calibrate_activations(compressed, quantizers, data.train_x, data.train_y,
                                   batches_=recovery.calibration_batches, batch_size=recovery.batch_size)
         train(compressed, data, **fit)
+        if recovery.bn_batches and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in compressed.modules()):
+            bn(compressed)  # the statistics of the quantised weights, which folding bakes in
         remove_weight_fake_quant(fake)
+    if config.fold_batchnorm:
+        fold_batchnorms(compressed, table)
     weight_sqnr = quantize_weights(compressed, wbits, config.clip)
     bn_left = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in compressed.modules())
     if data is not None and recovery.bn_batches and bn_left and any(b < FLOAT_BITS for b in wbits.values()):
