@@ -412,7 +412,7 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
                 on_trial(record, records_)
 
         try:
-            records = run_search(problem, search_, run_, rundir, on_trial=on_record)  # writes the tables
+            records = run_search(problem, search_, run_, rundir, on_trial=on_record, log=log)  # writes the tables
         finally:
             if meter is not None:
                 meter.stop()

@@ -442,6 +442,51 @@ def finetune(
     console.print(f"written: {result['path']} (result.json, config.yaml, model.pt, model.onnx)")
 
 
+@app.command("sensitivity")
+def sensitivity_cmd(
+    model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
+    weights: Optional[Path] = typer.Option(None, help="state dict; without it the cached baseline is used (or trained)"),
+    data: str = typer.Option("digits", help="data set (as in the search)"),
+    normalize: str = typer.Option("auto", help="auto, cifar10 or imagenet (as in the search)"),
+    target: str = typer.Option("tpu-v1", help="hardware profile"),
+    space: Optional[str] = typer.Option(None, help="search space name or YAML path (default: tuned for the model)"),
+    samples: int = typer.Option(256, help="calibration images of the validation split"),
+    as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+):
+    """Damage of every value of every searchable knob alone (accuracy drop and KL to the
+    uncompressed logits); cached, so a later --algorithm surrogate search reuses it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import autocompress.api as api
+    from autocompress.search.sensitivity import sensitivity
+
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, not {samples}")
+    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, normalize=normalize,
+                       log=console.print)
+    bound, evaluator = prep.space(space), prep.evaluator()
+    progress = Progress(TextColumn("sensitivity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, disable=as_json)
+    task = progress.add_task("sensitivity", total=None)
+    with progress:
+        sens = sensitivity(bound, evaluator, samples=samples,
+                           progress=lambda i, n: progress.update(task, completed=i, total=n))
+    if as_json:
+        print(json.dumps({"baseline_accuracy": sens.baseline_accuracy, "images": sens.images,
+                          "seconds": sens.seconds, "cached": sens.cached,
+                          "rows": sens.frame.to_dict(orient="records")}, indent=1))
+        return
+    table = Table(title=f"Sensitivity of {model} ({sens.images} images, baseline {100 * sens.baseline_accuracy:.2f}%)")
+    for col in ("param", "value", "accuracy drop (pp)", "KL (nats)", "seconds"):
+        table.add_column(col, justify="left" if col == "param" else "right")
+    for _, r in sens.frame.sort_values(["param", "value"]).iterrows():
+        table.add_row(str(r["param"]), f"{r['value']:g}", f"{r['accuracy_drop']:.2f}", f"{r['kl']:.4f}",
+                      f"{r['seconds']:.1f}")
+    console.print(table)
+    console.print(("read from the cache" if sens.cached else f"measured in {sens.seconds:.0f} s and cached")
+                  + "; autocompress search --algorithm surrogate reuses it")
+
+
 @app.command("apply")
 def apply_cmd(
     config: Path = typer.Option(..., help="a CompressionConfig (YAML or JSON), e.g. from autocompress export"),

@@ -247,6 +247,13 @@ class Report:
             data = base64.b64encode(pngs[name]).decode()
             return f'<figure><img id="{e(name.split(".")[0])}" alt="{e(alt)}" src="data:image/png;base64,{data}"><figcaption>{e(alt)} ({e(name)})</figcaption></figure>'
 
+        sensitivity_html = ""
+        if (self.run_dir / "sensitivity.png").exists():  # written by a surrogate-guided search
+            pngs = {**pngs, "sensitivity.png": (self.run_dir / "sensitivity.png").read_bytes()}
+            sensitivity_html = ("<h2>Sensitivity</h2><p>The accuracy drop each value of each knob does alone "
+                                "(the rest least compressing), measured before the trials on calibration images of "
+                                "the validation split; the accuracy predictor is built on it (sensitivity.csv).</p>"
+                                + img("sensitivity.png", "Accuracy drop of each knob value alone"))
         o = self.origin
         head = ["trial", "accuracy %", "drop pp", "size MB", f"energy mJ ({o})", f"latency ms ({o})",
                 "energy reduction", "SQNR dB", "energy J / inf", "kWh / M inf", "gCO2e / M inf", "inf / J", "GOPS/W",
@@ -308,6 +315,7 @@ that ran the trials.</p>
 {energy_html}
 <h2>Hypervolume against trials</h2>
 {img("hypervolume.png", "Hypervolume of the feasible set after each trial")}
+{sensitivity_html}
 <h2>Per-layer view: trial {e(str(self.pick))}</h2>
 <p>{e(self.layers_note)}</p>
 {layers_html}

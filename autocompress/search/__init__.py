@@ -79,17 +79,25 @@ def reference_point(problem: Problem, baseline: dict) -> dict[str, float]:
 
 
 def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundir: RunDirectory, *,
-               on_trial: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
+               on_trial: Callable[[dict, list[dict]], None] | None = None,
+               log: Callable[[str], None] = print) -> list[dict]:
     """Run the trials the run directory still owes; returns every trial's record."""
     run = run.resolved()
     records = rundir.trials()
     baseline = rundir.baseline
     ref = reference_point(problem, baseline)
     directions = list(problem.objectives.values())
+    guide = None
+    if search.algorithm == "surrogate" and search.trials > len(records):
+        from autocompress.search._surrogate import build_guide
+        guide = build_guide(problem, log)  # the sensitivity table, here in the driver, before any trial
+        _keep_sensitivity(guide.predictor.sens, rundir)
     sampler = make_sampler(search.algorithm, problem.space.searchable, directions, search.seed, search.trials,
-                           n_constraints=len(problem.constraints.active))
+                           n_constraints=len(problem.constraints.active), guide=guide)
     for r in records:  # resume: the sampler learns from the finished trials
         sampler.replay(r["params"], problem.objective_values(r), problem.constraint_values(r))
+        if guide is not None:
+            sampler.observe(r)
     if not records:
         for point in starting_points(problem.space.searchable, search.trials):
             sampler.enqueue(point)
@@ -99,6 +107,9 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
         return records
 
     def on_record(record: dict) -> None:
+        if guide is not None:  # what the surrogate predicted, next to what was measured
+            record.update(sampler.prediction(record["params"]))
+            sampler.observe(record)
         records.append(record)
         rundir.append(record)
         rundir.write_tables(records, problem.objectives, ref)
@@ -112,6 +123,23 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
                cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
                ray_address=run.ray_address, on_record=on_record, done=list(records))
     return records
+
+
+def _keep_sensitivity(sens, rundir: RunDirectory) -> None:
+    """The sensitivity table and its plot in the run directory, for the report."""
+    import io
+
+    from autocompress.search.sensitivity import plot_sensitivity
+    from autocompress.utils import atomic_write_text
+
+    atomic_write_text(rundir.path / "sensitivity.csv", sens.frame.to_csv(index=False))
+    fig = plot_sensitivity(sens)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    (rundir.path / "sensitivity.png").write_bytes(buf.getvalue())
 
 
 def settings_dict(search: SearchSettings, run: RunSettings) -> dict:

@@ -100,9 +100,14 @@ def _pymoo(*args, **kwargs):
     return PymooSampler(*args, **kwargs)
 
 
-#: --algorithm names: Optuna's samplers and pymoo's algorithms
+def _surrogate(*args, **kwargs):
+    from autocompress.search._surrogate import SurrogateSampler
+    return SurrogateSampler(*args, **kwargs)
+
+
+#: --algorithm names: Optuna's samplers, pymoo's algorithms and the sensitivity-guided surrogate
 ALGORITHMS = {"nsga2": OptunaSampler, "tpe": OptunaSampler, "random": OptunaSampler,
-              "pymoo-nsga2": _pymoo, "pymoo-nsga3": _pymoo}
+              "pymoo-nsga2": _pymoo, "pymoo-nsga3": _pymoo, "surrogate": _surrogate}
 
 
 #: knobs whose smallest value compresses least; for the others (bits, rank, width) the largest does
@@ -152,9 +157,12 @@ def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
 
 
 def make_sampler(algorithm: str, params: list[Param], directions: list[str], seed: int,
-                 budget: int, n_constraints: int = 1) -> Sampler:
+                 budget: int, n_constraints: int = 1, guide=None) -> Sampler:
+    """``guide``: the surrogate sampler's predictor and objectives (a SurrogateGuide)."""
     if algorithm not in ALGORITHMS:
         raise unknown_name("algorithm", algorithm, list(ALGORITHMS))
     population = max(8, min(32, budget // 3))
     kwargs = {"n_constraints": n_constraints} if algorithm.startswith("pymoo") else {}
+    if algorithm == "surrogate":
+        kwargs = {"guide": guide}
     return ALGORITHMS[algorithm](params, directions, seed, algorithm=algorithm, population_size=population, **kwargs)
