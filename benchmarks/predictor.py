@@ -44,11 +44,12 @@ def main() -> None:
     ap.add_argument("--val-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=256, help="calibration images of the sensitivity table")
+    ap.add_argument("--space", default="resnet_full")
     args = ap.parse_args()
     prep = api.prepare("resnet18", "imagefolder:/root/.cache/autocompress-data", "tpu-v1",
                        weights="/work/shared/models/resnet18_cifar10.pt", normalize="cifar10",
                        val_samples=args.val_samples, log=print)
-    space, ev = prep.space("resnet_full"), prep.evaluator()
+    space, ev = prep.space(args.space), prep.evaluator()
     # the table on a cheaper recovery (5 BN batches, not 20): it has ~80 rows and only their
     # ranking matters; the configs below are measured at the search's own screening fidelity
     sens_ev = prep.evaluator(Recovery(bn_batches=5))
@@ -72,14 +73,14 @@ def main() -> None:
         online.update(values, m.accuracy)
         rows.append({"values": values, "measured": m.accuracy, "predicted": p_prior, "predicted_online": p_online,
                      "energy_reduction": m.energy_reduction, "seconds": round(time.perf_counter() - t, 2)})
-        _write(sens, prep, ev, rows, partial=True)
+        _write(sens, prep, ev, rows, partial=True, space=args.space)
         print(f"config {i}: measured {m.accuracy:.4f} predicted {p_prior:.4f} online {p_online:.4f} "
               f"({rows[-1]['seconds']} s)", flush=True)
-    out = _write(sens, prep, ev, rows, partial=False)
+    out = _write(sens, prep, ev, rows, partial=False, space=args.space)
     print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
 
 
-def _write(sens, prep, ev, rows, partial: bool) -> dict:
+def _write(sens, prep, ev, rows, partial: bool, space: str) -> dict:
     """Written after every config, so a run cut short still leaves its numbers."""
     measured = [r["measured"] for r in rows]
     rho = float(spearmanr([r["predicted"] for r in rows], measured).statistic) if len(rows) > 2 else None
@@ -90,7 +91,7 @@ def _write(sens, prep, ev, rows, partial: bool) -> dict:
            "sensitivity_seconds": sens.seconds, "sensitivity_images": sens.images,
            "sensitivity_rows": len(sens.frame), "sensitivity_cached": sens.cached,
            "sensitivity_recovery": "screening with bn_batches=5",
-           "baseline_accuracy": ev.baseline_accuracy, "space": "resnet_full", "target": "tpu-v1",
+           "baseline_accuracy": ev.baseline_accuracy, "space": space, "target": "tpu-v1",
            "note": "predictor_spearman: no measured config seen (prior from the sensitivity table only); "
                    "online: each config predicted before the predictor learned from it",
            "rows": rows}

@@ -115,6 +115,18 @@ _MORE_IS_SMALLER = ("prune", "drop")
 _BITS = ("wbits", "abits")
 
 
+def ladder(p: Param) -> list[float]:
+    """``p``'s values, least compressing first (a range: its low, middle and high end)."""
+    if p.categorical:
+        values = list(p.choices)
+    else:
+        mid = (p.low + p.high) / 2
+        if p.step:  # on the range's grid
+            mid = p.low + round((mid - p.low) / p.step) * p.step
+        values = [p.low, mid, p.high]
+    return sorted(values, reverse=p.knob not in _MORE_IS_SMALLER)
+
+
 def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
     """Where every search starts, at most a third of its budget: the structure left whole with
     the middle, then the lowest bit-widths of the space, then every pruning ratio one step above
@@ -123,16 +135,6 @@ def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
     random candidates of a pruning space lose several points of accuracy; the first three give
     the samplers feasible candidates to improve on from the first generation, the last one the
     structure that targets paying for weight traffic need (with fine-tuning it can recover)."""
-    def ladder(p: Param) -> list[float]:  # least compressing first
-        if p.categorical:
-            values = list(p.choices)
-        else:
-            mid = (p.low + p.high) / 2
-            if p.step:  # on the range's grid
-                mid = p.low + round((mid - p.low) / p.step) * p.step
-            values = [p.low, mid, p.high]
-        return sorted(values, reverse=p.knob not in _MORE_IS_SMALLER)
-
     ladders = {p.name: ladder(p) for p in params}
 
     def point(bits: str, prune_steps: int | str) -> dict[str, float]:

@@ -32,16 +32,9 @@ _VERSION = 1  # bump when what is measured changes: old cache files then stop ma
 
 def _ladder(p: Param) -> list[float]:
     """``p``'s values, least compressing first (the rungs of :func:`starting_points`' ladder)."""
-    from autocompress.search._sampler import _MORE_IS_SMALLER
+    from autocompress.search._sampler import ladder
 
-    if p.categorical:
-        values = list(p.choices)
-    else:
-        mid = (p.low + p.high) / 2
-        if p.step:  # on the range's grid
-            mid = p.low + round((mid - p.low) / p.step) * p.step
-        values = [p.low, mid, p.high]
-    return sorted(values, reverse=p.knob not in _MORE_IS_SMALLER)
+    return ladder(p)
 
 
 def least_compressing(p: Param) -> float:
