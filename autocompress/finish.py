@@ -96,12 +96,11 @@ def finish(prepared, run_dir: str | Path, record: dict, recovery: Recovery, *, e
     if steps < 1:
         raise UserError(f"--steps must be at least 1, not {steps}")
     recovery = replace(recovery, finetune_steps=int(steps), lr=lr if lr is not None else recovery.lr)
-    if hasattr(recovery, "teacher_cache"):
-        # a cache of teacher logits pays when many candidates share it; one long run sees each
-        # image about once, where the live teacher costs one forward per image (and keeps random
-        # crops), while the cache would cost two (image and flip) for every training image
-        images = steps * recovery.batch_size
-        recovery = replace(recovery, teacher_cache=images > 2 * len(data.train_y), teacher_pool=len(data.train_y))
+    # a cache of teacher logits pays when many candidates share it; one long run sees each image
+    # about once, where the live teacher costs one forward per image (and keeps random crops),
+    # while the cache would cost two (image and flip) for every training image
+    images = steps * recovery.batch_size
+    recovery = replace(recovery, teacher_cache=images > 2 * len(data.train_y), teacher_pool=len(data.train_y))
     config = CompressionConfig.from_dict(record["config"])
     trial = int(record["trial"])
     out = Path(run_dir) / "finished" / f"trial{trial}"
