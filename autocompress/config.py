@@ -109,7 +109,8 @@ class CompressionConfig(BaseModel):
         if not path.is_file():
             raise UserError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+            from autocompress.utils import read_input_text
+            data = yaml.safe_load(read_input_text(path, "config"))  # YAML is a superset of JSON
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML/JSON: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

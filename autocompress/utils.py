@@ -17,6 +17,18 @@ def cache_dir(sub: str) -> Path:
     return path
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file (0644 under the usual umask 022); mkstemp's 0600
+    would leave a run directory with mixed permissions."""
+    try:  # Linux says without changing it (os.umask sets the process-wide mask, even if briefly)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(path: Path, write) -> None:
     """Write to a temporary file beside ``path`` and rename, so a kill never leaves half a file."""
     path = Path(path)
@@ -27,6 +39,7 @@ def _atomic(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,6 +48,10 @@ def _atomic(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -52,6 +69,46 @@ def bf16_is_fast() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+#: the largest YAML / JSON input read (profiles, spaces, configs), checked before parsing: a
+#: shipped profile is a few KiB, and a hostile or mistaken 50 MB file would parse for minutes
+MAX_INPUT_BYTES = 10 * 2**20
+#: YAML aliases allowed in one input: nested aliases expand exponentially ("billion laughs")
+MAX_YAML_ALIASES = 100
+
+
+def read_input_text(path: Path, kind: str) -> str:
+    """The text of a YAML / JSON input file, refused in one line when it is larger than
+    MAX_INPUT_BYTES (read no further than the cap, so a device or a growing file cannot hang
+    it), is not UTF-8 text, or holds more YAML aliases than MAX_YAML_ALIASES."""
+    import yaml
+
+    from autocompress._errors import UserError
+
+    path = Path(path)
+    cap = MAX_INPUT_BYTES
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {kind} file {str(path)!r}: {e.strerror or e}") from None
+    if len(data) > cap:
+        raise UserError(f"{path.name}: {kind} file is larger than the {cap // 2**20} MiB limit on YAML/JSON "
+                        "input; is it the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path.name}: not a UTF-8 text file (byte {e.start}); expected YAML or JSON") from None
+    if "*" in text:
+        try:
+            aliases = sum(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader))
+        except yaml.YAMLError:
+            aliases = 0  # the parser that follows names the error
+        if aliases > MAX_YAML_ALIASES:
+            raise UserError(f"{path.name}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); nested aliases "
+                            "can expand without bound, write the values out instead")
+    return text
 
 
 def load_yaml_file(spec, package: str, kind: str, model_cls):
@@ -73,7 +130,7 @@ def load_yaml_file(spec, package: str, kind: str, model_cls):
     else:
         raise unknown_name(kind, spec, list(shipped))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_input_text(path, kind))
     except yaml.YAMLError as e:
         raise UserError(f"{path.name}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):

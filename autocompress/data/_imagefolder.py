@@ -24,29 +24,58 @@ PRESETS = {
 }
 
 
+#: more unreadable images than this share of a split (and more than one) is an error, not a skip
+MAX_UNREADABLE = 0.01
+#: unreadable images named in the note (the rest are counted)
+NAMED_UNREADABLE = 3
+
+
 def _scan(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     items = []
     for label, cls in enumerate(classes):
+        found = []
         for root, _, files in os.walk(split_dir / cls):
-            items += [(Path(root) / f, label) for f in sorted(files)
+            found += [(Path(root) / f, label) for f in sorted(files)
                       if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if not found and (split_dir / cls).is_dir():
+            raise UserError(f"class folder {split_dir / cls} holds no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it or add its images")
+        items += found
     return items
 
 
-def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _read(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
-    arrays = []
-    for path, _ in items:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is None:
-                size = im.size
-            if im.size != size:
-                im = im.resize(size, Image.BILINEAR)
-            arrays.append(np.asarray(im, dtype=np.uint8))
+    with Image.open(path) as im:
+        im = im.convert("RGB")  # decodes the whole file: a truncated one fails here
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None, split: Path
+            ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decoded images and labels; an image that cannot be read (truncated, corrupt, not an
+    image) is skipped and its path returned, unless too many are (then a UserError)."""
+    from PIL import Image
+
+    arrays, labels, bad = [], [], []
+    for path, label in items:
+        try:
+            a = _read(path, size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            bad.append(str(path))
+            continue
+        if size is None:
+            size = (a.shape[1], a.shape[0])
+        arrays.append(a)
+        labels.append(label)
+    if len(bad) > 1 and len(bad) > MAX_UNREADABLE * len(items) or not arrays:
+        raise UserError(f"{len(bad)} of the {len(items)} images in {split} cannot be read (more than "
+                        f"{MAX_UNREADABLE:.0%}), e.g. {', '.join(bad[:NAMED_UNREADABLE])}")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor([label for _, label in items], dtype=torch.int64)
+    return x, torch.tensor(labels, dtype=torch.int64), bad
 
 
 def load_imagefolder(path: str, *, normalize: str = "auto") -> DataBundle:
@@ -71,10 +100,16 @@ def load_imagefolder(path: str, *, normalize: str = "auto") -> DataBundle:
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
     else:
-        tx, ty = _decode(train_items, None)
-        vx, vy = _decode(val_items, tuple(tx.shape[-1:-3:-1]))
-        blob = {"tx": tx, "ty": ty, "vx": vx, "vy": vy}
+        tx, ty, bad = _decode(train_items, None, train_dir)
+        vx, vy, vbad = _decode(val_items, tuple(tx.shape[-1:-3:-1]), val_dir)
+        blob = {"tx": tx, "ty": ty, "vx": vx, "vy": vy, "skipped": bad + vbad}
         atomic_save(blob, cache)
+    skipped = list(blob.get("skipped", []))
+    for split, labels in ((train_dir, blob["ty"]), (val_dir, blob["vy"])):
+        present = set(labels.unique().tolist())
+        for label, cls in enumerate(classes):  # every image of a class unreadable: as if empty
+            if label not in present and (split / cls).is_dir():
+                raise UserError(f"class folder {split / cls} holds no readable image")
 
     tx = blob["tx"].float().div_(255)
     vx = blob["vx"].float().div_(255)
@@ -92,4 +127,8 @@ def load_imagefolder(path: str, *, normalize: str = "auto") -> DataBundle:
     name = f"imagefolder:{path}"
     return DataBundle(name, tx, blob["ty"], vx, blob["vy"], len(classes), augment=True,
                       notes=[f"{len(classes)} classes, {len(blob['ty'])} train / {len(blob['vy'])} "
-                             f"{val_dir.name} images, {how}"])
+                             f"{val_dir.name} images, {how}"]
+                      + ([f"skipped {len(skipped)} unreadable image(s) (corrupt or truncated): "
+                          f"{', '.join(skipped[:NAMED_UNREADABLE])}"
+                          + (f" and {len(skipped) - NAMED_UNREADABLE} more" if len(skipped) > NAMED_UNREADABLE else "")]
+                         if skipped else []))

@@ -34,7 +34,8 @@ PositiveQuantity = Annotated[float, BeforeValidator(_quantity), Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # every figure is finite: YAML's .inf / .nan and "1e999 Hz" (which reads as inf) are refused
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Fabric(_Strict):
@@ -128,6 +129,16 @@ class HardwareProfile(_Strict):
             raise ValueError("no memory level holds activations")
         if self.energy_model == "per_access" and any(p.energy_per_mac_pj is None for p in self.precisions):
             raise ValueError("energy_model per_access needs energy_per_mac_pj on every precision")
+        # a device spends energy computing: with every compute energy at zero, every model would
+        # cost (nearly) nothing, silently
+        if self.energy_model == "power" and self.power.busy_w <= 0:
+            raise ValueError("power.busy_w is 0: energy_model power costs compute as time x power, so every "
+                             "model would cost 0 J of compute; give the device's busy power")
+        if self.energy_model == "per_access":
+            zero = [f"{p.weights}/{p.activations}" for p in self.precisions if not p.energy_per_mac_pj]
+            if zero:
+                raise ValueError(f"energy_per_mac_pj is 0 for precision(s) {', '.join(zero)}: a MAC costs "
+                                 "energy; give the figure the device's source states")
         return self
 
     @property

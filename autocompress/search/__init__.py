@@ -102,8 +102,8 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
         for point in starting_points(problem.space.searchable, search.trials):
             sampler.enqueue(point)
     remaining = search.trials - len(records)
+    rundir.write_tables(records, problem.objectives, ref)  # rebuilt from trials.jsonl
     if remaining <= 0:
-        rundir.write_tables(records, problem.objectives, ref)
         return records
 
     def on_record(record: dict) -> None:
@@ -112,7 +112,7 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
             sampler.observe(record)
         records.append(record)
         rundir.append(record)
-        rundir.write_tables(records, problem.objectives, ref)
+        rundir.add_to_tables(record)  # a flat cost per trial; rebuilt in full at the end
         if on_trial:
             on_trial(record, records)
 
@@ -122,6 +122,7 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     run_trials(problem, sampler, budget=remaining, first_index=first, workers=run.workers,
                cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
                ray_address=run.ray_address, on_record=on_record, done=list(records))
+    rundir.write_tables(rundir.trials(), problem.objectives, ref)  # rebuilt from trials.jsonl
     return records
 
 

@@ -58,6 +58,24 @@ class SamplerSearcher(_RaySearcher):
         self.pending: dict[str, tuple] = {}
         self.next_index = first_index
         self.seen = seen if seen is not None else {}  # params -> the first record that had them
+        self.failure: OSError | None = None  # the run directory could not be written
+        # what each trial is sent, kept up to date as trials end so that proposing one costs the
+        # same at trial 1,000 as at trial 10: the non-dominated (energy reduction, accuracy) of
+        # the feasible trials (all a trial's "could it still enter the front" test needs), and
+        # the (screened, fine-tuned) accuracy of every fine-tuned one
+        self.front: list[tuple[float, float]] = []
+        self.pairs: list[tuple[float, float]] = []
+        for r in self.seen.values():
+            self._learn(r)
+
+    def _learn(self, r: dict) -> None:
+        m = r.get("metrics") or {}
+        if r["status"] == "ok":
+            e, a = m["energy_reduction"], m["accuracy"]
+            if not any(e2 >= e and a2 >= a for e2, a2 in self.front):
+                self.front = [(e2, a2) for e2, a2 in self.front if not (e >= e2 and a >= a2)] + [(e, a)]
+        if r["status"] != "failed" and m.get("fidelity") == "full" and m.get("accuracy_screen") is not None:
+            self.pairs.append((m["accuracy_screen"], m["accuracy"]))
 
     def suggest(self, trial_id):
         if self.stop.is_set():  # interrupted: no new trials
@@ -70,15 +88,10 @@ class SamplerSearcher(_RaySearcher):
         self.next_index += 1
         self.pending[trial_id] = (handle, index, values)
         first = self.seen.get(_key(values))
-        # the Pareto front so far: the trial decides whether its candidate deserves fine-tuning
-        front = [(r["metrics"]["energy_reduction"], r["metrics"]["accuracy"]) for r in self.seen.values()
-                 if r["status"] == "ok"]
+        # the Pareto front so far: the trial decides whether its candidate deserves fine-tuning;
         # what fine-tuning won back so far: the trial's screening rule learns from it
-        pairs = [(r["metrics"]["accuracy_screen"], r["metrics"]["accuracy"]) for r in self.seen.values()
-                 if r["status"] != "failed" and (r.get("metrics") or {}).get("fidelity") == "full"
-                 and r["metrics"].get("accuracy_screen") is not None]
         return {"index": index, "values": values, "duplicate_of": first["trial"] if first else None,
-                "front": front, "pairs": pairs}
+                "front": list(self.front), "pairs": list(self.pairs)}
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         handle, index, values = self.pending.pop(trial_id)
@@ -94,7 +107,14 @@ class SamplerSearcher(_RaySearcher):
         self.sampler.tell(handle, self.problem.objective_values(record), self.problem.constraint_values(record))
         if first is None and record["status"] != "failed":
             self.seen[_key(values)] = record
-        self.on_record(record)
+            self._learn(record)
+        if self.failure is not None:
+            return  # the run directory stopped taking records: the trial runs again on resume
+        try:
+            self.on_record(record)
+        except OSError as e:  # read-only, full or gone mid-run: stop, keeping what is recorded
+            self.failure = e
+            self.stop.set()
 
     # Ray pickles the searcher into its own experiment state; our resume reads trials.jsonl
     # instead, so the live sampler (which holds locks) stays out of that copy.
@@ -127,6 +147,63 @@ def _ship_user_code(model) -> None:
             pass
 
 
+# Ray's own fate sharing ends its raylet and workers when the driver dies, but not every process
+# the raylet started: after a SIGKILL of the driver its dashboard and runtime-env agents live on
+# (renamed "ray::DashboardAgent" etc., reparented to init). This watcher, a tiny process of its
+# own session (so a Ctrl-C or a kill of the driver's process group does not reach it), waits for
+# the driver to go away and then ends every process that still has the Ray session open: its
+# folder in the command line or among its open files. A normal end stops it first.
+_REAPER = r"""
+import os, signal, sys, time
+import psutil
+driver, session = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while os.getppid() == driver:
+    time.sleep(0.5)
+time.sleep(1.0)  # Ray's own fate sharing first
+def holds(p):
+    try:
+        if any(session in a for a in p.cmdline()):
+            return True
+        return any(f.path.startswith(session) for f in p.open_files())
+    except (psutil.Error, OSError):
+        return False
+left = [p for p in psutil.process_iter() if p.pid != os.getpid() and holds(p)]
+for p in left:
+    try:
+        p.terminate()
+    except psutil.Error:
+        pass
+gone, alive = psutil.wait_procs(left, timeout=3)
+for p in alive:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _start_reaper():
+    """Start the watcher (above) for the local Ray this process has just started; None where
+    that cannot be done (no psutil, no session folder): the search runs without it."""
+    import subprocess
+    import sys
+
+    try:
+        import psutil  # noqa: F401 - codecarbon's dependency, so always there
+        from ray._private.worker import _global_node
+
+        session = _global_node.get_session_dir_path()
+        if not session:
+            return None
+        return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), session],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    except Exception:  # noqa: BLE001 - a convenience: never a reason to fail a search
+        return None
+
+
 def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: int, workers: int,
                cpus_per_trial: float, gpus_per_trial: float = 0, ray_address: str | None = None,
                on_record: Callable[[dict], None], done: list[dict] | None = None) -> None:
@@ -147,6 +224,7 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
                 raise UserError(f"cannot connect to the Ray cluster at {ray_address}: {' '.join(str(e).split())[:200]}") from None
         else:
             ray.init(num_cpus=max(1, int(round(workers * cpus_per_trial))), include_dashboard=False, **kwargs)
+    reaper = _start_reaper() if started_here and not ray_address else None
     try:
         _ship_user_code(problem.evaluator.model)
         trainable = tune.with_resources(tune.with_parameters(_trial, problem=problem),
@@ -176,8 +254,21 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        if searcher.failure is not None:
+            e = searcher.failure
+            where = os.path.dirname(e.filename) if e.filename else "the run directory"
+            from autocompress._errors import UserError
+            raise UserError(f"cannot write {e.filename or where}: {e.strerror or e}; the search stopped and "
+                            f"keeps every trial recorded before it. Fix the folder, then resume with: "
+                            f"autocompress search --resume {where}") from None
         if stop.is_set():
             raise KeyboardInterrupt
     finally:
         if started_here:
             ray.shutdown()
+            if reaper is not None:
+                reaper.terminate()
+                try:
+                    reaper.wait(timeout=5)
+                except Exception:  # noqa: BLE001
+                    pass

@@ -3,8 +3,11 @@
 settings.json   the resolved settings (what was searched, how it was run)
 baseline.json   the uncompressed model's metrics and the reference point
 trials.jsonl    one finished trial per line, appended and fsynced as each one ends
-trials.csv      the same as a table, rewritten atomically
-pareto.csv/json the Pareto set of feasible trials and its hypervolume, after every trial
+trials.csv      the same as a table: rebuilt from trials.jsonl when a search starts and ends,
+                a row appended as each trial ends (so the cost per trial stays flat)
+pareto.csv/json the Pareto set of feasible trials and its hypervolume: rebuilt from trials.jsonl
+                at the start and end, and between them from the set so far and the new trial,
+                rewritten only when the trial enters it
 layers.json     the LayerTable and the hardware profile: the report costs any trial per layer
                 from them, without the model (which a user's nn.Module run could not rebuild)
 search_energy.json  the search's own energy (autocompress.search_energy)
@@ -15,12 +18,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zlib
 from pathlib import Path
 
 import pandas as pd
 
 from autocompress.search.pareto import hypervolume, pareto_mask, to_minimisation
-from autocompress.utils import atomic_write_json, atomic_write_text
+from autocompress.utils import _atomic, atomic_write_json, atomic_write_text
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
+
 
 METRIC_COLUMNS = ["accuracy", "accuracy_drop", "size_bytes", "params", "macs", "latency_ms",
                   "energy_mj", "energy_reduction", "sqnr_db", "quant_error", "weight_sqnr_min_db",
@@ -30,6 +39,7 @@ METRIC_COLUMNS = ["accuracy", "accuracy_drop", "size_bytes", "params", "macs", "
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._tables: dict | None = None  # what add_to_tables needs, set by write_tables
 
     @contextlib.contextmanager
     def lock(self):
@@ -62,24 +72,50 @@ class RunDirectory:
             handle.close()  # closing releases the lock
 
     def set_aside_torn_line(self) -> str | None:
-        """A kill during a write can leave a partial last line in trials.jsonl; the next append
-        would merge into it. Move it to trials.jsonl.torn (kept, not lost) and say so; its trial
-        is not recorded, so it runs again."""
+        """Put trials.jsonl right before a search appends to it again, keeping whatever is moved
+        in trials.jsonl.torn (nothing is deleted) and saying so in one line, or None when there
+        is nothing to do. A kill during a write can leave a partial last line, which the next
+        append would merge into: it is set aside and its trial runs again. A line that does not
+        read back as a trial (a damaged byte: its checksum no longer matches) or repeats a
+        trial's index is set aside too; the lines kept are untouched."""
         path = self.path / "trials.jsonl"
         if not path.exists():
             return None
         data = path.read_bytes()
-        if not data or data.endswith(b"\n"):
+        if not data:
             return None
         cut = data.rfind(b"\n") + 1
+        torn = data[cut:]
+        lines = data[:cut].split(b"\n")[:-1]
+        keep, bad, seen = [], [], set()
+        for line in lines:
+            record = _parse(line)
+            if record is None or record["trial"] in seen:
+                bad.append(line)
+            else:
+                seen.add(record["trial"])
+                keep.append(line)
+        if not torn and not bad:
+            return None
         with open(self.path / "trials.jsonl.torn", "ab") as f:
-            f.write(data[cut:] + b"\n")
-        with open(path, "r+b") as f:
-            f.truncate(cut)
+            for line in bad + ([torn] if torn else []):
+                f.write(line + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        return (f"set aside a partial last line of {path.name} (a kill during a write) in "
-                f"{path.name}.torn; that trial runs again")
+        if bad:
+            atomic_write_bytes(path, b"".join(line + b"\n" for line in keep))
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+        what = []
+        if torn:
+            what.append("a partial last line (a kill during a write)")
+        if bad:
+            what.append(f"{len(bad)} damaged or repeated line(s)")
+        return (f"set aside {' and '.join(what)} of {path.name} in {path.name}.torn; "
+                f"{'that trial runs' if len(bad) + bool(torn) == 1 else 'those trials run'} again")
 
     def create(self, settings: dict, baseline: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -115,36 +151,91 @@ class RunDirectory:
         return json.loads((self.path / "baseline.json").read_text())
 
     def trials(self) -> list[dict]:
-        """Every trial recorded; a half-written last line (a kill mid-write) is skipped."""
+        """Every trial recorded, in the order they ended. A line that does not read back as a
+        trial (half-written by a kill, or damaged: its checksum does not match) or repeats a
+        trial's index is skipped; :meth:`set_aside_torn_line` moves such lines aside."""
         path = self.path / "trials.jsonl"
         if not path.exists():
             return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        out, seen = [], set()
+        for line in path.read_bytes().split(b"\n"):
+            record = _parse(line)
+            if record is not None and record["trial"] not in seen:
+                seen.add(record["trial"])
+                out.append(record)
         return out
 
     def append(self, record: dict) -> None:
-        with open(self.path / "trials.jsonl", "a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+        """One finished trial, fsynced: a JSON line ending with a CRC-32 of the rest of it, so
+        that a damaged line is told from a good one when the run is read back."""
+        with open(self.path / "trials.jsonl", "ab") as f:
+            f.write(_line(record))
             f.flush()
             os.fsync(f.fileno())
 
     def write_tables(self, records: list[dict], objectives: dict[str, str], reference_point: dict[str, float]):
+        """Rebuild trials.csv and pareto.* from ``records`` (what trials.jsonl holds)."""
         frame = trials_frame(records)
         atomic_write_text(self.path / "trials.csv", frame.to_csv(index=False))
         pareto, hv = pareto_of(frame, objectives, reference_point)
+        front = {int(t) for t in pareto["trial"]}
+        self._write_pareto(pareto, hv, objectives, reference_point,
+                           {int(r["trial"]): r for r in records if int(r["trial"]) in front})
+        self._tables = {"objectives": objectives, "reference_point": reference_point,
+                        "front": {int(r["trial"]): r for r in records if int(r["trial"]) in front}}
+        return frame, pareto, hv
+
+    def add_to_tables(self, record: dict) -> None:
+        """One more trial in the tables, at a cost that does not grow with the trials before it:
+        its row is appended to trials.csv, and the Pareto set is recomputed from the set so far
+        plus this trial (the Pareto set of A + x is that of pareto(A) + x), rewritten only when
+        the trial enters it. Call :meth:`write_tables` first (it sets up the set so far)."""
+        if self._tables is None:
+            raise RuntimeError("write_tables must run before add_to_tables")
+        with open(self.path / "trials.csv", "a") as f:
+            f.write(trials_frame([record]).to_csv(index=False, header=False))
+        if record["status"] != "ok" or record.get("duplicate_of") is not None:
+            return  # never on the Pareto set
+        t = self._tables
+        candidates = {**t["front"], int(record["trial"]): record}
+        pareto, hv = pareto_of(trials_frame(list(candidates.values())), t["objectives"], t["reference_point"])
+        front = {int(x) for x in pareto["trial"]}
+        if int(record["trial"]) not in front:
+            return
+        t["front"] = {k: r for k, r in candidates.items() if k in front}
+        self._write_pareto(pareto, hv, t["objectives"], t["reference_point"], t["front"])
+
+    def _write_pareto(self, pareto, hv, objectives, reference_point, front: dict[int, dict]) -> None:
         atomic_write_text(self.path / "pareto.csv", pareto.to_csv(index=False))
         atomic_write_json(self.path / "pareto.json", {
             "objectives": objectives, "reference_point": reference_point, "hypervolume": hv,
             "candidates": json.loads(pareto.to_json(orient="records")),
-            "configs": {int(r["trial"]): r["config"] for r in records
-                        if r.get("config") and int(r["trial"]) in set(pareto["trial"])},
+            "configs": {k: r["config"] for k, r in sorted(front.items()) if r.get("config")},
         })
-        return frame, pareto, hv
+
+
+_CRC = "crc32"
+
+
+def _line(record: dict) -> bytes:
+    body = json.dumps({k: v for k, v in record.items() if k != _CRC}, default=str)
+    crc = zlib.crc32(body.encode())
+    return (body[:-1] + (", " if len(body) > 2 else "") + f'"{_CRC}": "{crc:08x}"}}\n').encode()
+
+
+def _parse(line: bytes) -> dict | None:
+    """A trials.jsonl line as its record, or None if it is not one: not JSON, not a trial, or
+    its checksum (where it has one: older runs have none) does not match the rest."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("trial"), int) and "status" in record):
+        return None
+    crc = record.pop(_CRC, None)
+    if crc is not None and crc != f"{zlib.crc32(json.dumps(record, default=str).encode()):08x}":
+        return None
+    return record
 
 
 def trials_frame(records: list[dict]) -> pd.DataFrame:
