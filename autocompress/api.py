@@ -84,14 +84,16 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
             num_classes: int | None = None, input_shape=None, stem: str | None = None,
             val_samples: int | None = None, val_split: int | None = None, normalize: str = "auto",
             baseline: BaselineTraining | None = BaselineTraining(),
-            log: Callable[[str], None] = print) -> Prepared:
+            log: Callable[[str], None] = print,
+            train_progress: Callable[[int, int, float], None] | None = None) -> Prepared:
     """Resolve a model (zoo name, ``module:callable`` or nn.Module), data and target, load or
     train the baseline weights, and trace the LayerTable.
 
     A named data set gets a validation split of ``val_split`` class-balanced training samples
     (default: 20%, at most 5,000) that the search decides on; its own held-out split becomes the
     test split that only finished models are reported on. User Datasets keep the split given:
-    ``val_data`` is decided on, ``test_data`` (optional) reported on."""
+    ``val_data`` is decided on, ``test_data`` (optional) reported on. ``train_progress(step,
+    steps, loss)`` hears from every step of a baseline's training."""
     profile_ = load_target(target)
     notes: list[str] = []
     bundle = None
@@ -123,7 +125,7 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
         load_weights(net, weights)
         notes.append(f"weights: {weights}")
     elif not isinstance(model, nn.Module) and bundle is not None and baseline is not None:
-        net, line = cached_or_trained(net, desc, bundle, baseline, log=log)
+        net, line = cached_or_trained(net, desc, bundle, baseline, log=log, progress=train_progress)
         notes.append(line)
     net.eval()
     notes += table.notes

@@ -35,8 +35,10 @@ def _key(model_desc: str, model: nn.Module, data: DataBundle, settings: Baseline
 
 
 def cached_or_trained(model: nn.Module, model_desc: str, data: DataBundle,
-                      settings: BaselineTraining = BaselineTraining(), *, log=print) -> tuple[nn.Module, str]:
-    """Load the cached baseline or train one; returns the model and a line saying which."""
+                      settings: BaselineTraining = BaselineTraining(), *, log=print,
+                      progress=None) -> tuple[nn.Module, str]:
+    """Load the cached baseline or train one; returns the model and a line saying which.
+    ``progress(step, steps, loss)`` hears from every training step."""
     path = cache_dir("baselines") / f"{_key(model_desc, model, data, settings)}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -46,6 +48,6 @@ def cached_or_trained(model: nn.Module, model_desc: str, data: DataBundle,
         f"({steps} steps) as the baseline; it is cached for the next run.")
     torch.manual_seed(settings.seed)
     train(model, data, steps=steps, lr=settings.lr, batch_size=settings.batch_size,
-          seed=settings.seed, bf16=settings.bf16)
+          seed=settings.seed, bf16=settings.bf16, progress=progress)
     atomic_save(model.state_dict(), path)
     return model.eval(), f"baseline: trained for {settings.epochs} epochs on {data.name} (cached at {path})"

@@ -17,6 +17,27 @@ from rich.table import Table
 
 from autocompress._errors import NothingFeasible, UserError
 
+def _no_bool_metavar() -> None:
+    """typer >= 0.29 prints a flag's type (``--help <bool>``): a flag takes no value, so show none."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - another typer
+        return
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_autocompress", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else show(self, ctx)
+
+    display_type_rich._autocompress = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_bool_metavar()
+ALGORITHM_HELP = ("nsga2 (Optuna NSGA-II, the default), tpe, random (Optuna); pymoo-nsga2, pymoo-nsga3 (pymoo); "
+                  "surrogate (an accuracy predictor fitted on a sensitivity pass proposes candidates over the cost model)")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best way to compress a neural network for a given piece of hardware.")
 
@@ -41,37 +62,44 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _mb(x) -> str:
-    return f"{x / 1e6:.2f}"
+def pareto_table(pareto, baseline: dict, origin: str, title: str, energy_origin: str | None = None,
+                 wide: bool = False):
+    """The Pareto set as printed when there is no report (the report's own table otherwise)."""
+    from autocompress.report import pareto_rich_table
+
+    origin_text = origin if (energy_origin or origin) == origin else f"latency {origin}, energy {energy_origin}"
+    return pareto_rich_table(pareto, baseline, origin_text, title, wide=wide)
 
 
-def pareto_table(pareto, baseline: dict, origin: str, title: str, energy_origin: str | None = None) -> Table:
-    t = Table(title=title, title_justify="left")
-    energy_origin = energy_origin or origin
-    for col, just in [("trial", "right"), ("accuracy %", "right"), ("drop pp", "right"), ("size MB", "right"),
-                      (f"energy mJ\n{energy_origin}", "right"), (f"latency ms\n{origin}", "right"),
-                      (f"energy reduction\n{energy_origin}", "right"), ("SQNR dB", "right")]:
-        t.add_column(col, justify=just)
-    t.add_row("base", f"{100 * baseline['accuracy']:.2f}", "0.00", _mb(baseline["size_bytes"]),
-              f"{baseline['energy_mj']:.4f}", f"{baseline['latency_ms']:.4f}", "1.00x", "-", style="dim")
-    for _, r in pareto.iterrows():
-        sq = r["sqnr_db"]
-        t.add_row(str(int(r["trial"])), f"{100 * r['accuracy']:.2f}", f"{r['accuracy_drop']:.2f}",
-                  _mb(r["size_bytes"]), f"{r['energy_mj']:.4f}", f"{r['latency_ms']:.4f}",
-                  f"{r['energy_reduction']:.2f}x", "inf" if sq is None or sq >= 999 else f"{sq:.1f}")
-    return t
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _left_estimate(records: list[dict], total: int, workers: int) -> str:
+    """Time left from the trials' own measured durations (mean seconds of a trial x trials to
+    go / trials at a time), not from the rate of the progress bar."""
+    seconds = [float(r["seconds"]) for r in records if r.get("seconds") is not None and r.get("duplicate_of") is None]
+    todo = max(0, total - len(records))
+    if not seconds:
+        return "-"
+    if not todo:
+        return "0:00:00"
+    at_once = max(1, min(workers, todo))
+    return "~" + _duration(sum(seconds) / len(seconds) * -(-todo // at_once))
 
 
 @app.command()
 def search(
     model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
     target: str = typer.Option("tpu-v1", help="hardware profile name, path to a profile YAML, or a measured "
-                               "target: cpu-local[:threads=N,batch=N,runtime=onnxruntime|torch], cuda-local"),
+                               "target: cpu-local (options after a colon: threads=N, batch=N, "
+                               "runtime=onnxruntime|torch; e.g. cpu-local:threads=2,batch=1) or cuda-local"),
     data: str = typer.Option("digits", help="digits (built in) or imagefolder:PATH"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load; without it a baseline is trained and cached"),
     space: Optional[str] = typer.Option(None, help="search space name or YAML path (default: tuned for the model)"),
     trials: int = typer.Option(24, help="trial budget"),
-    algorithm: str = typer.Option("nsga2", help="nsga2, tpe, random (Optuna), pymoo-nsga2, pymoo-nsga3 (pymoo)"),
+    algorithm: str = typer.Option("nsga2", help=ALGORITHM_HELP),
     seed: int = typer.Option(0, help="sampler seed (with --workers 1 the whole search repeats exactly)"),
     objectives: str = typer.Option("energy_reduction,accuracy", help="comma-separated: energy_reduction, accuracy, size_bytes, latency_ms"),
     max_acc_drop: float = typer.Option(1.0, help="largest accepted top-1 drop, percentage points"),
@@ -102,9 +130,11 @@ def search(
     grid_gco2_kwh: Optional[float] = typer.Option(None, help="grid carbon intensity for the report (default: world average 475, IEA 2019)"),
     pue: Optional[float] = typer.Option(None, help="data-centre PUE for the report (default: 1.58, Uptime Institute 2023)"),
     country: Optional[str] = typer.Option(None, help="ISO 3166 alpha-3 code: the grid intensity of that country (codecarbon's data)"),
+    wide: bool = typer.Option(False, "--wide", help="print every column of the Pareto table (SQNR, kWh, CO2e, GOPS/W); "
+                              "report.html and pareto.csv have them all either way"),
 ):
     """Search compressions of a model for a target; print the Pareto set and write the report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import autocompress.api as api
     from autocompress.compress import Recovery
@@ -143,36 +173,43 @@ def search(
     SearchSettings(trials=trials, algorithm=algorithm)  # a bad budget or algorithm too, before any training
     from autocompress.search import RunSettings
 
-    RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address).resolved()
+    run_settings = RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus,
+                               ray_address=ray_address).resolved()
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
-    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, input_shape=input_shape,
-                       val_samples=val_samples, val_split=val_split, normalize=normalize, log=console.print)
+    prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
+                                  input_shape=input_shape, val_samples=val_samples, val_split=val_split,
+                                  normalize=normalize)
     console.print(f"model: {prep.model_desc}; {len(prep.table)} layers, "
                   f"{prep.table.total_macs / 1e6:.1f} M MACs, {prep.table.total_params / 1e6:.2f} M parameters")
     for note in prep.notes:
         console.print(f"  {note}", style="dim")
 
+    from autocompress.hardware import MeasuredTarget
+
+    at_once = 1 if isinstance(prep.profile, MeasuredTarget) and workers is None else run_settings.workers
     progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("feasible {task.fields[feasible]}"),
                         TextColumn("best feasible energy reduction {task.fields[best]}"),
-                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
-    task = progress.add_task("search", total=trials, feasible=0, best="-")
+                        TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left {task.fields[left]}"),
+                        console=console)
+    task = progress.add_task("search", total=trials, feasible=0, best="-", left="-")
 
     def on_trial(record, records):
         # "ok" is a trial that met every constraint: the best is within the constraints
         ok = [r for r in records if r["status"] == "ok"]
         best = max((r["metrics"]["energy_reduction"] for r in ok), default=None)
         progress.update(task, completed=len(records), feasible=len(ok),
-                        best=f"{best:.2f}x" if best is not None else "-")
+                        best=f"{best:.2f}x" if best is not None else "-",
+                        left=_left_estimate(records, trials, at_once))
 
+    t_trials = time.time()
     try:
         with progress:
-            done_before = 0
             if resume is not None:
                 from autocompress.search import RunDirectory
-                done_before = len(RunDirectory(resume).trials())
-                progress.update(task, completed=done_before)
+                before = RunDirectory(resume).trials()
+                progress.update(task, completed=len(before), left=_left_estimate(before, trials, at_once))
             result = api.search(model, data=data, target=target, space=space, objectives=objs,
                                 constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
                                 recovery=recovery, metric=metric, clip_range=clip, workers=workers,
@@ -180,13 +217,43 @@ def search(
                                 out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
                                 grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country)
     except NothingFeasible as e:
-        _print_result(e.result, prep.profile, time.time() - t0)
+        _print_result(e.result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
         raise
     except KeyboardInterrupt:
         run_dir = resume or _latest_run(out)
         _fail(f"interrupted; every finished trial is kept. Resume with: "
               f"autocompress search --resume {run_dir}", 130)
-    _print_result(result, prep.profile, time.time() - t0)
+    _print_result(result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
+
+
+def _prepare_with_progress(api, model, data, target, **kwargs):
+    """``api.prepare`` with a progress bar for the baseline's training (epochs and loss), which
+    can take minutes on a busy machine."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autocompress.baseline import BaselineTraining
+
+    epochs = BaselineTraining().epochs
+    bar = Progress(TextColumn("baseline training"), BarColumn(), TextColumn("epoch {task.fields[epoch]}"),
+                   TextColumn("step {task.completed:.0f}/{task.total:.0f}"), TextColumn("loss {task.fields[loss]}"),
+                   TextColumn("elapsed"), TimeElapsedColumn(), console=console, transient=True)
+    task = None
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("baseline", total=steps, epoch=f"1/{epochs}", loss="-")
+        epoch = min(epochs, 1 + (step - 1) * epochs // max(1, steps)) if step else 1
+        bar.update(task, completed=step, epoch=f"{epoch}/{epochs}", loss=f"{loss:.3f}")
+
+    try:
+        return api.prepare(model, data, target, log=console.print, train_progress=on_step, **kwargs)
+    finally:
+        if task is not None:
+            bar.stop()
+            console.print(f"baseline trained: {epochs} epochs in {_duration(bar.tasks[0].elapsed or 0)}, "
+                          f"final loss {bar.tasks[0].fields['loss']}")
 
 
 def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
@@ -223,13 +290,16 @@ def _latest_run(out: Optional[Path]) -> str:
     return str(runs[-1]) if runs else "RUN_DIR"
 
 
-def _print_result(result, target, seconds: float) -> None:
+def _print_result(result, target, seconds: float, prep_seconds: float | None = None, wide: bool = False) -> None:
+    from autocompress.report import plural
+
     origin = target.origin
     energy_origin = getattr(target, "energy_origin", origin)
     failed = result.trials[result.trials["status"] == "failed"]
     screened = sum(1 for r in result.records if r.get("screened"))
     feasible = int((result.trials["status"] == "ok").sum())
-    console.print(f"\n{len(result.trials)} trials in {seconds:.0f} s: {feasible} feasible, "
+    prep_text = f" (after {prep_seconds:.0f} s of preparation: data, baseline, tracing)" if prep_seconds is not None else ""
+    console.print(f"\n{plural(len(result.trials), 'trial')} in {seconds:.0f} s{prep_text}: {feasible} feasible, "
                   f"{len(result.trials) - feasible - len(failed)} infeasible ({screened} rejected before "
                   f"evaluating accuracy), {len(failed)} failed")
     if len(failed):
@@ -241,8 +311,8 @@ def _print_result(result, target, seconds: float) -> None:
         return
     if result.report_path is None:  # the report failed (said why): the plain table still shows the result
         console.print(pareto_table(result.pareto, result.baseline, origin,
-                                   f"Pareto set ({len(result.pareto)} candidates, hypervolume {result.hypervolume:.4f})",
-                                   energy_origin))
+                                   f"Pareto set ({plural(len(result.pareto), 'candidate')}, hypervolume "
+                                   f"{result.hypervolume:.4f})", energy_origin, wide=wide))
         from autocompress.evaluate import origin_sentence
 
         console.print(origin_sentence(origin, energy_origin))
@@ -251,7 +321,7 @@ def _print_result(result, target, seconds: float) -> None:
         from autocompress.carbon import carbon_settings
 
         rep = build_report(result.run_dir, carbon=carbon_settings(stored=_stored_carbon(result.run_dir)))
-        _print_report(rep)
+        _print_report(rep, wide=wide)
     console.print(f"run directory: {result.run_dir}")
 
 
@@ -260,14 +330,19 @@ def _stored_carbon(run_dir) -> dict | None:
     return RunDirectory(run_dir).settings.get("carbon")
 
 
-def _print_report(rep) -> None:
-    console.print(rep.rich_table())
+def _print_report(rep, wide: bool = False) -> None:
+    console.print(rep.rich_table(wide=wide))
     for line in rep.summary_lines()[1:]:
         console.print(line)
     html_path = rep.run_dir / "report.html"
     if html_path.exists():
         pngs = ", ".join(p.name for p in sorted(rep.run_dir.glob("*.png")))
         console.print(f"report: {html_path} (plots: {pngs})")
+    steps = rep.next_steps()
+    if steps:
+        console.print(f"next, for trial {rep.pick}:")
+        for what, cmd in steps:
+            console.print(f"  {cmd}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -281,6 +356,7 @@ def report(
     pue: Optional[float] = typer.Option(None, help="data-centre PUE (default: as set for the search, else 1.58, Uptime Institute 2023)"),
     country: Optional[str] = typer.Option(None, help="ISO 3166 alpha-3 code: the grid intensity of that country (codecarbon's data)"),
     queries: Optional[float] = typer.Option(None, help="inferences served, for the lifecycle footprint (default 1e9)"),
+    wide: bool = typer.Option(False, "--wide", help="print every column of the Pareto table (SQNR, kWh, CO2e, GOPS/W)"),
 ):
     """Print the Pareto table and write report.html and its PNG plots into the run directory."""
     from autocompress.carbon import carbon_settings
@@ -299,7 +375,7 @@ def report(
     rep = build_report(run_dir, pick=trial, carbon=carbon, max_acc_drop=max_acc_drop)
     rep.write()
     console.print(rep.summary_lines()[0])
-    _print_report(rep)
+    _print_report(rep, wide=wide)
 
 
 @app.command()
@@ -344,8 +420,11 @@ def profile(
         return
     t = Table(title=f"{totals['model']} on {totals['target']}, input {'x'.join(map(str, totals['input_shape']))}, "
                     f"{totals['precision']}; cost {totals['origin']}", title_justify="left")
-    for col in ("layer", "kind", "MACs", "params", "bits w/a", "latency ms", "energy mJ", "util %", "bound"):
-        t.add_column(col, justify="left" if col in ("layer", "kind", "bound") else "right")
+    from rich import box
+
+    t.box, t.pad_edge, t.padding = box.SIMPLE_HEAD, False, (0, 1, 0, 0)  # no vertical rules: full layer names in 100 columns
+    for col in ("layer", "kind", "MACs", "params", "bits\nw/a", "latency\nms", "energy\nmJ", "util\n%", "bound"):
+        t.add_column(col, justify="left" if col in ("layer", "kind", "bound") else "right", no_wrap=True)
     for _, r in frame.iterrows():
         t.add_row(r["layer"], r["kind"], f"{r['macs']:,}", f"{r['params']:,}", f"{r['wbits']}/{r['abits']}",
                   f"{r['latency_ms']:.4f}", f"{r['energy_mj']:.4f}", f"{100 * r['utilization']:.1f}", r["bound"])
@@ -378,9 +457,9 @@ def export(
     record = pick_record(run_dir, pick, max_acc_drop)
     config = CompressionConfig.from_dict(record["config"])
     args = api.resume_arguments(run_dir)
-    prep = api.prepare(args["model"], args["data"], args["target"], weights=args["weights"],
-                       val_samples=args["val_samples"], val_split=args["val_split"], normalize=args["normalize"],
-                       log=console.print)
+    prep = _prepare_with_progress(api, args["model"], args["data"], args["target"], weights=args["weights"],
+                                  val_samples=args["val_samples"], val_split=args["val_split"],
+                                  normalize=args["normalize"])
 
     def build():
         from dataclasses import replace
@@ -392,10 +471,25 @@ def export(
         return apply(prep.model, prep.table, config, data=prep.data, recovery=recovery, seed=args["seed"])
 
     what = do_export(config, prep.table, fmt, out, model_builder=build)
+    from autocompress.report import prune_notes
+
+    notes = prune_notes(prep.table, config)
+    if fmt == "yaml" and notes:  # say why a layer's prune and its pruned channels differ (comments: the data is unchanged)
+        from autocompress.utils import atomic_write_text
+
+        lines = ["# Pruning is per channel group: layers joined by a residual add, a concatenation or a",
+                 "# depthwise link share their output channels and are pruned together, so these layers",
+                 "# lose more channels than their own 'prune' says:"]
+        lines += [f"#   {name}: {note}" for name, note in notes.items()]
+        atomic_write_text(out, out.read_text() + "\n".join(lines) + "\n")
     m = record["metrics"]
     console.print(f"trial {record['trial']} -> {out}: {what}")
     console.print(f"  accuracy {100 * m['accuracy']:.2f}% (drop {m['accuracy_drop']:.2f} pp), "
-                  f"{m['size_bytes'] / 1e6:.2f} MB, energy reduction {m['energy_reduction']:.2f}x ({m['cost_origin']})")
+                  f"{m['size_bytes'] / 1e6:.2f} MB modeled packed size, energy reduction {m['energy_reduction']:.2f}x "
+                  f"({m['cost_origin']})")
+    if notes and fmt in ("yaml", "json", "csv"):
+        console.print(f"  {plural_layers(len(notes))} pruned with their channel group, not by their own 'prune'"
+                      + (" (see the comments at the end of the file)" if fmt == "yaml" else ""), style="dim")
 
 
 @app.command()
@@ -420,7 +514,8 @@ def finetune(
         raise UserError(f"--steps must be at least 1, not {steps}")
     pick_record(run_dir, pick, max_acc_drop)  # a bad run directory or pick fails before anything loads
     progress = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
+                        TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                        console=console)
     task = progress.add_task("finetune", total=1, loss="-")
     with progress:
         result = api.finetune(run_dir, pick, epochs=epochs, steps=steps, lr=lr, max_acc_drop=max_acc_drop,
@@ -462,8 +557,8 @@ def sensitivity_cmd(
 
     if samples < 1:
         raise UserError(f"--samples must be at least 1, not {samples}")
-    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, normalize=normalize,
-                       log=console.print)
+    prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
+                                  normalize=normalize)
     bound, evaluator = prep.space(space), prep.evaluator()
     progress = Progress(TextColumn("sensitivity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, disable=as_json)
@@ -489,19 +584,49 @@ def sensitivity_cmd(
 
 @app.command("apply")
 def apply_cmd(
-    config: Path = typer.Option(..., help="a CompressionConfig (YAML or JSON), e.g. from autocompress export"),
-    model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
+    config: Optional[Path] = typer.Option(None, help="a CompressionConfig (YAML or JSON), e.g. from autocompress "
+                                                     "export; or give --run and --pick instead"),
+    run: Optional[Path] = typer.Option(None, "--run", help="a search's run directory: re-create its trial --pick "
+                                       "with the run's own model, weights, data settings (normalisation, "
+                                       "validation split and subset), recovery and seed, so the figures match its record"),
+    pick: str = typer.Option("best", help="with --run: trial number, or best (highest energy reduction on the Pareto set)"),
+    model: Optional[str] = typer.Option(None, help="zoo name or module.path:callable (default: resnet18; with --run: the run's)"),
     weights: Optional[Path] = typer.Option(None, help="state dict; without it the cached baseline is used (or trained)"),
-    data: str = typer.Option("digits", help="data for batch-norm re-estimation and activation calibration"),
-    target: str = typer.Option("tpu-v1", help="profile used to cost the result"),
-    finetune_steps: int = typer.Option(0, help="fine-tuning steps with distillation (as in the search)"),
-    seed: int = typer.Option(0),
-    normalize: str = typer.Option("auto", help="auto (training-set statistics), cifar10 or imagenet (as in the search)"),
-    val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed class-balanced subset of the validation split (as in the search)"),
-    val_split: Optional[int] = typer.Option(None, help="training images held out as the validation split (as in the search)"),
+    data: Optional[str] = typer.Option(None, help="data for batch-norm re-estimation, activation calibration and the "
+                                                  "accuracy (default: digits; with --run: the run's)"),
+    target: Optional[str] = typer.Option(None, help="profile used to cost the result (default: tpu-v1; with --run: the run's)"),
+    finetune_steps: Optional[int] = typer.Option(None, help="fine-tuning steps with distillation, as in the search "
+                                                            "(default: 0; with --run: the trial's)"),
+    seed: Optional[int] = typer.Option(None, help="seed of the recovery (default: 0; with --run: the run's)"),
+    normalize: Optional[str] = typer.Option(None, help="auto (training-set statistics), cifar10 or imagenet, as in the "
+                                                       "search (default: auto; with --run: the run's)"),
+    val_samples: Optional[int] = typer.Option(None, help="evaluate on a fixed class-balanced subset of the validation "
+                                                         "split, as in the search (with --run: the run's)"),
+    val_split: Optional[int] = typer.Option(None, help="training images held out as the validation split, as in the "
+                                                       "search (with --run: the run's)"),
     out: Path = typer.Option(..., help="file for the compressed model (TorchScript)"),
 ):
-    """Re-create a compressed model from a config and save it."""
+    """Re-create a compressed model from a config, or a trial of a run directory (--run, --pick),
+    measure it as the search did and save it; it is built once."""
+    given = {"--model": model, "--weights": weights, "--data": data, "--target": target,
+             "--finetune-steps": finetune_steps, "--seed": seed, "--normalize": normalize,
+             "--val-samples": val_samples, "--val-split": val_split}
+    if run is None and config is None:
+        raise UserError("give --config FILE, or --run RUN_DIR --pick TRIAL")
+    if run is not None:
+        if config is not None:
+            raise UserError("give --config or --run, not both")
+        clash = [k for k, v in given.items() if v is not None]
+        if clash:
+            raise UserError(f"--run takes the model, data and settings from the run directory; drop {clash[0]}")
+        from autocompress.finish import pick_record
+
+        record = pick_record(run, pick)  # a bad run directory or pick fails before anything loads
+    elif pick != "best":
+        raise UserError("--pick goes with --run")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {str(out.parent)!r} does not exist")
+
     import torch
 
     import autocompress.api as api
@@ -509,19 +634,51 @@ def apply_cmd(
     from autocompress.config import CompressionConfig
     from autocompress.export import save_model
 
-    cfg = CompressionConfig.load(config)
-    prep = api.prepare(model, data, target, weights=str(weights) if weights else None, normalize=normalize,
-                       val_samples=val_samples, val_split=val_split, log=console.print)
-    evaluator = prep.evaluator(Recovery(finetune_steps=finetune_steps), seed=seed)
+    if run is not None:
+        args = api.resume_arguments(run)
+        if str(args["model"]).endswith("(user model)"):
+            raise UserError(f"{run} searched a Python nn.Module, which cannot be rebuilt from the run directory: "
+                            f"use SearchResult.apply() in Python, or --config with --model")
+        prep = _prepare_with_progress(api, args["model"], args["data"], args["target"], weights=args["weights"],
+                                      normalize=args["normalize"], val_samples=args["val_samples"],
+                                      val_split=args["val_split"])
+        fidelity = (record.get("metrics") or {}).get("fidelity") or "full"
+        recovery, metric, seed_ = args["recovery"], args["metric"], args["seed"]
+        cfg = CompressionConfig.from_dict(record["config"])
+        threads = int(record.get("threads") or torch.get_num_threads())  # reductions depend on the thread count
+    else:
+        cfg = CompressionConfig.load(config)  # a bad file fails before anything is trained
+        prep = _prepare_with_progress(api, model or "resnet18", data or "digits", target or "tpu-v1",
+                                      weights=str(weights) if weights else None, normalize=normalize or "auto",
+                                      val_samples=val_samples, val_split=val_split)
+        recovery, metric, seed_ = Recovery(finetune_steps=finetune_steps or 0), "top1", seed or 0
+        fidelity = "full" if recovery.finetune_steps else "screen"
+        threads = torch.get_num_threads()
+        record = None
+    evaluator = prep.evaluator(recovery, metric, seed=seed_)
     cfg = evaluator.complete(cfg)
-    torch.manual_seed(seed)
-    compressed = evaluator.build(cfg)  # built once: evaluated, then saved
-    metrics = evaluator.evaluate(cfg, fidelity="full" if finetune_steps else "screen", compressed=compressed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed_)
+        compressed = evaluator.build(cfg, recovery if fidelity == "full" else evaluator.screening)  # built once
+        metrics = evaluator.evaluate(cfg, fidelity=fidelity, compressed=compressed)
+    finally:
+        torch.set_num_threads(before)
     what = save_model(compressed, torch_zeros(prep.table.input_shape), out)
-    console.print(f"{out}: {what}")
+    console.print(f"{out}: {what}" + (f" (trial {record['trial']} of {run})" if record else ""))
     console.print(f"  accuracy {100 * metrics.accuracy:.2f}% (drop {metrics.accuracy_drop:.2f} pp), "
-                  f"{metrics.size_bytes / 1e6:.2f} MB, energy {metrics.energy_mj:.4f} mJ, "
-                  f"energy reduction {metrics.energy_reduction:.2f}x ({metrics.cost_origin})")
+                  f"energy {metrics.energy_mj:.4f} mJ, energy reduction {metrics.energy_reduction:.2f}x "
+                  f"({metrics.cost_origin})")
+    console.print(f"  size: {metrics.size_bytes / 1e6:.2f} MB modeled packed size (weights at their bit-widths plus "
+                  f"scales, what the target stores); the file is {out.stat().st_size / 1e6:.2f} MB "
+                  f"(TorchScript keeps float weights that simulate the integers)")
+    if record is not None:
+        m = record.get("metrics") or {}
+        same = m.get("accuracy") is not None and abs(m["accuracy"] - metrics.accuracy) < 1e-9
+        console.print(f"  the search recorded {100 * m['accuracy']:.2f}% (drop {m['accuracy_drop']:.2f} pp) for trial "
+                      f"{record['trial']}: " + ("reproduced" if same else "NOT reproduced (another torch, "
+                                                 "machine or data cache?)"), style=None if same else "yellow")
 
 
 @app.command()
@@ -532,7 +689,7 @@ def calibrate(
     num_classes: int = typer.Option(10, help="classifier outputs"),
     samples: int = typer.Option(24, help="random configs of the model's search space to time"),
     space: Optional[str] = typer.Option(None, help="search space the configs come from (default: tuned for the model)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed of the random configs"),
     out: Path = typer.Option(..., help="profile YAML to write (use it as --target FILE)"),
 ):
     """Time compressed variants of a model on this machine and fit a hardware profile to them."""
@@ -558,6 +715,10 @@ def calibrate(
     console.print(f"in-sample fit: Spearman {result.spearman:.3f}, median abs error {result.median_abs_pct_error:.1f}%, "
                   f"RMS log error {100 * result.rms_log_error:.1f}%")
     console.print(f"{out}: use it with --target {out}")
+
+
+def plural_layers(n: int) -> str:
+    return f"{n} layer" if n == 1 else f"{n} layers"
 
 
 def torch_zeros(shape):

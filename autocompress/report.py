@@ -27,9 +27,10 @@ from autocompress.carbon import (CarbonSettings, break_even_inferences, candidat
                                  footprint_g)
 from autocompress.search.rundir import RunDirectory, pareto_of, trials_frame
 from autocompress.search_energy import load_search_energy
-from autocompress.utils import atomic_write_text
+from autocompress.utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Report", "build_report", "CARBON_COLUMNS"]
+__all__ = ["Report", "build_report", "CARBON_COLUMNS", "plural", "pareto_rich_table", "config_summary",
+           "prune_notes"]
 
 CARBON_COLUMNS = ["energy_j", "kwh_per_million", "gco2e_per_million", "inferences_per_j", "gops_per_w",
                   "break_even_inferences", "footprint_g"]
@@ -111,28 +112,27 @@ class Report:
         return lines
 
     # -- terminal ------------------------------------------------------------------------------
-    def rich_table(self):
-        from rich.table import Table
+    def rich_table(self, wide: bool = False):
+        """The Pareto set as a terminal table: eight columns that fit 100 columns; ``wide`` adds
+        SQNR and the carbon figures (all of them are in report.html and pareto.csv)."""
+        return pareto_rich_table(self.pareto, self.baseline, self.origin,
+                                 f"Pareto set ({plural(len(self.pareto), 'candidate')}, hypervolume "
+                                 f"{self.hypervolume:.4f})", wide=wide, pick=self.pick,
+                                 baseline_figures=self.baseline_figures, carbon_label=self.carbon.label)
 
-        o = self.origin
-        t = Table(title=f"Pareto set ({len(self.pareto)} candidates, hypervolume {self.hypervolume:.4f}); "
-                        f"carbon at {self.carbon.label}", title_justify="left")
-        for col in ("trial", "accuracy %", "drop pp", "size MB", f"energy mJ\n{o}", f"latency ms\n{o}",
-                    f"energy\nreduction", "SQNR dB", "kWh per\nM inf", "kgCO2e per\nM inf", "GOPS/W",
-                    "break-even\ninferences"):
-            t.add_column(col, justify="right")
-        b, bf = self.baseline, self.baseline_figures
-        t.add_row("base", f"{100 * b['accuracy']:.2f}", "0.00", f"{b['size_bytes'] / 1e6:.2f}", f"{b['energy_mj']:.4f}",
-                  f"{b['latency_ms']:.4f}", "1.00x", "-", f"{bf['kwh_per_million']:.4g}",
-                  f"{bf['gco2e_per_million'] / 1e3:.4g}", f"{bf['gops_per_w']:.1f}", "-", style="dim")
-        for _, r in self.pareto.iterrows():
-            t.add_row(str(int(r["trial"])), f"{100 * r['accuracy']:.2f}", f"{r['accuracy_drop']:.2f}",
-                      f"{r['size_bytes'] / 1e6:.2f}", f"{r['energy_mj']:.4f}", f"{r['latency_ms']:.4f}",
-                      f"{r['energy_reduction']:.2f}x", _sqnr(r["sqnr_db"]), f"{r['kwh_per_million']:.4g}",
-                      f"{r['gco2e_per_million'] / 1e3:.4g}", f"{r['gops_per_w']:.1f}",
-                      _count(r["break_even_inferences"]),
-                      style="bold" if int(r["trial"]) == self.pick else None)
-        return t
+    def next_steps(self) -> list[tuple[str, str]]:
+        """(what, command) for the chosen candidate: export, re-create, fine-tune."""
+        if self.pick is None:
+            return []
+        run, n = _shell_path(self.run_dir), self.pick
+        return [("export its config (YAML, re-applicable)",
+                 f"autocompress export {run} --pick {n} --format yaml --out trial{n}.yaml"),
+                ("export it as a QDQ ONNX model",
+                 f"autocompress export {run} --pick {n} --format onnx --out trial{n}.onnx"),
+                ("re-create it with the run's own data settings (reproduces its record) and save it",
+                 f"autocompress apply --run {run} --pick {n} --out trial{n}.pt"),
+                ("fine-tune it to its final accuracy and measure it on the test split",
+                 f"autocompress finetune {run} --pick {n}")]
 
     # -- files ---------------------------------------------------------------------------------
     def plots(self) -> dict[str, bytes]:
@@ -149,9 +149,7 @@ class Report:
             if name not in pngs:
                 (self.run_dir / name).unlink(missing_ok=True)
         for name, data in pngs.items():
-            tmp = self.run_dir / f".{name}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(self.run_dir / name)
+            atomic_write_bytes(self.run_dir / name, data)
         path = self.run_dir / "report.html"
         atomic_write_text(path, self.html(pngs))
         return path
@@ -166,8 +164,10 @@ class Report:
         if len(bad):
             ax.scatter(bad["energy_reduction"], 100 * bad["accuracy"], marker="x", color="0.7", s=22,
                        label="infeasible (breaks a constraint)")
-        sizes = pd.concat([ok["size_bytes"], pd.Series([self.baseline["size_bytes"]])]) / 1e6
-        norm = _norm(sizes)
+        # the colour spans the feasible trials' sizes (the baseline's far larger size would squeeze them
+        # into one colour); the baseline is the red star
+        norm = _norm(pd.concat([ok["size_bytes"], self.pareto["size_bytes"]]) / 1e6 if len(ok) or len(self.pareto)
+                     else pd.Series([self.baseline["size_bytes"] / 1e6]))
         if len(ok):
             sc = ax.scatter(ok["energy_reduction"], 100 * ok["accuracy"], c=ok["size_bytes"] / 1e6, cmap="viridis",
                             norm=norm, s=26, alpha=0.75, label="feasible")
@@ -215,7 +215,9 @@ class Report:
 
     def _plot_layers(self, fig):
         lay = self.layers
-        panels = [("prune_ratio", "pruning ratio"), ("bits", "bits (w / a)"), ("energy_share", "energy share (%)")]
+        panels = [("prune_ratio", "pruning ratio\n(channel group)"), ("bits", "bits (w / a)")]
+        if "energy_mj" in lay:
+            panels.append(("energy", "energy (mJ)"))
         if "rank" in lay:
             panels.insert(2, ("rank", "rank"))
         axes = fig.subplots(len(panels), 1, sharex=True)
@@ -225,9 +227,9 @@ class Report:
                 ax.bar(x - 0.2, lay["weight_bits"].fillna(32), 0.4, label="weights")
                 ax.bar(x + 0.2, lay["activation_bits"].fillna(32), 0.4, label="activations")
                 ax.legend(fontsize=7)
-            elif col == "energy_share":
-                ax.bar(x - 0.2, 100 * lay["baseline_energy_share"], 0.4, color="0.6", label="uncompressed")
-                ax.bar(x + 0.2, 100 * lay["energy_share"], 0.4, color="tab:green", label=f"trial {self.pick}")
+            elif col == "energy":  # the energy itself: a share can grow while the energy falls
+                ax.bar(x - 0.2, lay["baseline_energy_mj"], 0.4, color="0.6", label="uncompressed")
+                ax.bar(x + 0.2, lay["energy_mj"], 0.4, color="tab:green", label=f"trial {self.pick}")
                 ax.legend(fontsize=7)
             else:
                 ax.bar(x, lay[col].fillna(0), color="tab:purple")
@@ -237,6 +239,35 @@ class Report:
         axes[0].set_title(f"Per layer: trial {self.pick} ({self.origin} energy)")
 
     # -- HTML --------------------------------------------------------------------------------------
+    def pareto_svg(self) -> str:
+        """Every evaluated trial as a point of energy reduction against accuracy, with a tooltip."""
+        t = self.trials
+        if not len(t) or "energy_reduction" not in t:
+            return ""
+        done = t[t["energy_reduction"].notna() & t["accuracy"].notna() & t["duplicate_of"].isna()]
+        on_front = {int(x) for x in self.pareto["trial"]} if len(self.pareto) else set()
+        configs = {int(r["trial"]): r.get("config") for r in self.records}
+        points = []
+        for _, r in done.iterrows():
+            trial = int(r["trial"])
+            status = "Pareto set" if trial in on_front else ("feasible" if r["status"] == "ok" else "infeasible")
+            title = (f"trial {trial} ({status}{', chosen' if trial == self.pick else ''})\n"
+                     f"accuracy {100 * r['accuracy']:.2f}% (drop {r['accuracy_drop']:.2f} pp)\n"
+                     f"energy reduction {r['energy_reduction']:.2f}x, {r['size_bytes'] / 1e6:.2f} MB modeled packed size\n"
+                     f"config: {config_summary(configs.get(trial))}")
+            points.append({"trial": trial, "x": float(r["energy_reduction"]), "y": 100 * float(r["accuracy"]),
+                           "pareto": trial in on_front, "feasible": r["status"] == "ok", "chosen": trial == self.pick,
+                           "title": title})
+        if not points:
+            return ""
+        b = self.baseline
+        base = {"y": 100 * b["accuracy"], "title": f"uncompressed baseline: accuracy {100 * b['accuracy']:.2f}%, "
+                                                   f"{b['size_bytes'] / 1e6:.2f} MB, energy reduction 1.00x"}
+        drop = (self.settings.get("search", {}).get("constraints") or {}).get("max_acc_drop")
+        floor = 100 * b["accuracy"] - drop if drop is not None else None
+        return _pareto_svg(points, base, f"energy reduction vs uncompressed (x, {self.origin})",
+                           f"{self.settings.get('metric', 'top1')} accuracy (%)", floor)
+
     def html(self, pngs: dict[str, bytes]) -> str:
         e = html.escape
         inp = self.settings.get("inputs", {})
@@ -275,14 +306,18 @@ class Report:
                        if len(self.pareto) else "<p><b>No feasible candidate yet.</b></p>")
 
         if self.layers is not None:
-            cols = [c for c in ("layer", "kind", "prune_ratio", "original_out_channels", "out_channels", "weight_bits",
-                                "activation_bits", "rank", "macs", "params", "latency_ms", "energy_mj", "energy_share",
-                                "baseline_energy_share") if c in self.layers]
-            lrows = "".join(_tr([_cell(r[c], c) for c in cols]) for _, r in self.layers.iterrows())
+            lay = self.layers
+            cols = [(c, label) for c, label in _LAYER_COLUMNS if c in lay and (c != "prune_note" or lay[c].any())]
+            lrows = "".join(_tr([_layer_cell(r, c) for c, _ in cols]) for _, r in lay.iterrows())
             layers_html = (f'{img("layers.png", f"Per-layer view of trial {self.pick}")}'
-                           f'<table id="layer-table"><thead>{_tr(cols, th=True)}</thead><tbody>{lrows}</tbody></table>')
+                           f'<div class="scroll"><table id="layer-table"><thead>{_tr([label for _, label in cols], th=True)}'
+                           f'</thead><tbody>{lrows}</tbody></table></div>')
         else:
             layers_html = ""
+        steps = self.next_steps()
+        next_html = ("<ol>" + "".join(f"<li>{e(what)}:<pre>{e(cmd)}</pre></li>" for what, cmd in steps) + "</ol>"
+                     if steps else "<p>No feasible candidate yet: loosen a constraint or raise the trial budget, "
+                                   "then resume the search (autocompress search --resume RUN_DIR).</p>")
         notes = "".join(f"<li>{e(n)}</li>" for n in self.settings.get("notes", []))
         summary = "".join(f"<p>{e(line)}</p>" for line in self.summary_lines())
         se = self.search_energy or {}
@@ -301,12 +336,19 @@ th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
 th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
 tr.baseline {{ color: #777; }} tr.chosen {{ font-weight: bold; background: #eef5ff; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ font-size: 12px; color: #555; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }} #layer-table {{ font-size: 12px; }}
+#layer-table th {{ white-space: normal; max-width: 7em; vertical-align: bottom; }}
+#pareto-svg {{ max-width: 100%; height: auto; }} #pareto-svg circle.trial:hover {{ stroke: #000; stroke-width: 2; }}
+pre {{ background: #f6f6f6; padding: 4px 8px; overflow-x: auto; }}
 </style></head><body>
 <h1>{e(title)}</h1>
 <section id="summary">{summary}</section>
 <h2>Pareto front</h2>
-{img("pareto.png", "Energy reduction vs accuracy; colour: model size; star: uncompressed baseline")}
-{pareto_html}
+<p>Hover a point to see its trial, figures and config. Dark blue: the Pareto set; light blue: other feasible
+trials; grey: infeasible; red ring: the chosen candidate; red star: the uncompressed model.</p>
+{self.pareto_svg()}
+<div class="scroll">{pareto_html}</div>
+{img("pareto.png", "Energy reduction vs accuracy (for papers); colour: model size of the feasible trials; star: uncompressed baseline")}
 <h2>The search's own energy and the break-even</h2>
 <p>Footprint = (energy of the search + queries x energy per inference) x PUE x grid intensity
 ({e(self.carbon.label)}). Break-even = search energy / (baseline energy per inference - candidate energy per
@@ -320,6 +362,8 @@ that ran the trials.</p>
 <p>{e(self.layers_note)}</p>
 {layers_html}
 <h2>Notes</h2><ul>{notes}</ul>
+<h2 id="next-steps">Next steps for trial {e(str(self.pick))}</h2>
+{next_html}
 <p>Run directory: {e(str(self.run_dir))}</p>
 </body></html>
 """
@@ -418,22 +462,26 @@ def _layer_view(rd: RunDirectory, settings: dict, records: list[dict], trial: in
     raw = record["config"]
     config = CompressionConfig.from_dict(raw)
     frame = layer_table(table, config)
+    notes = prune_notes(table, config)
+    frame["prune_note"] = [notes.get(name, "") for name in frame["layer"]]
     for column in ("rank", "dropped"):  # low rank and depth are optional: show them only when used
         if not frame[column].any():
             frame = frame.drop(columns=column)
     if not hasattr(profile, "fabric"):  # a measured target: no per-layer model to split its figures
         return frame, (f"Layer table {how}. {profile.name} measures whole models, so there is no per-layer "
-                       f"latency or energy.")
+                       f"latency or energy. {_GROUP_SENTENCE}")
     cm = CostModel(table, profile)
     cost = cm.cost(config, detail=True)
     base = cm.cost(cm.reference(), detail=True)
     frame["latency_ms"] = cost.layers["latency_ms"]
     frame["energy_mj"] = cost.layers["energy_mj"]
     frame["energy_share"] = cost.layers["energy_mj"] / cost.layers["energy_mj"].sum()
+    frame["baseline_energy_mj"] = base.layers["energy_mj"]
     frame["baseline_energy_share"] = base.layers["energy_mj"] / base.layers["energy_mj"].sum()
     note = (f"Layer table {how}; energy and latency per layer {cost.origin} (total {cost.energy_j * 1e3:.5f} mJ, "
             f"recorded for the trial: {(record.get('metrics') or {}).get('energy_mj', float('nan')):.5f} mJ). "
-            f"Energy share: the layer's part of the candidate's energy (and of the uncompressed model's).")
+            f"Energy share: the layer's part of the candidate's energy (and of the uncompressed model's). "
+            f"{_GROUP_SENTENCE}")
     return frame, note
 
 
@@ -447,6 +495,202 @@ def _uniform(records: list[dict]) -> set:
         if len(r.get("params") or {}) > len(by_knob) and all(len(v) == 1 for v in by_knob.values()):
             out.add(int(r["trial"]))
     return out
+
+
+_GROUP_SENTENCE = ("Pruning ratio: of the layer's output channels, which belong to a channel group; layers "
+                   "joined by a residual add, a concatenation or a depthwise link share one group and are pruned "
+                   "together, so a layer's ratio can differ from the prune value its own entry in the config has "
+                   "(the note says which layer set it).")
+
+_LAYER_COLUMNS = [("layer", "layer"), ("kind", "kind"), ("prune_ratio", "pruning ratio (channel group)"),
+                  ("out_channels", "channels kept / of"), ("weight_bits", "weight bits"),
+                  ("activation_bits", "activation bits"), ("rank", "rank"), ("dropped", "dropped"),
+                  ("macs", "MACs"), ("params", "params"), ("latency_ms", "latency ms"), ("energy_mj", "energy mJ"),
+                  ("energy_share", "energy share"), ("baseline_energy_share", "uncompressed energy share"),
+                  ("prune_note", "pruning note")]
+
+
+def _layer_cell(r, col: str) -> str:
+    if col == "out_channels":
+        return f"{int(r['out_channels'])} / {int(r['original_out_channels'])}"
+    return _cell(r[col], col)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 candidate``, ``2 candidates``."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def prune_notes(table, config) -> dict[str, str]:
+    """Layer -> a note where the ratio its output channels are pruned by differs from its own
+    ``prune`` in the config: its channel group was set by another layer, or by the width."""
+    from autocompress.config import effective_ratios, group_ratios
+
+    try:
+        ratios, effective = group_ratios(table, config), effective_ratios(table, config)
+    except Exception:  # noqa: BLE001 - a config that does not apply has no notes to add
+        return {}
+    setters: dict[str, str] = {}
+    for name, lc in config.layers.items():
+        if lc.prune > 0 and name in table:
+            for g in table[name].out_groups:
+                setters.setdefault(g, name)
+    notes = {}
+    for layer in table.layers:
+        if len(layer.out_groups) != 1:
+            continue
+        group = layer.out_groups[0]
+        own = config.layers[layer.name].prune if layer.name in config.layers else 0.0
+        shared = effective.get(group, ratios.get(group, 0.0))
+        if abs(shared - own) < 1e-12:
+            continue
+        setter = setters.get(group)
+        if setter and setter != layer.name:
+            notes[layer.name] = (f"own prune {own:g}; pruned {shared:.3g} with its channel group "
+                                 f"(set by {setter})")
+        elif config.arch.width < 1.0:
+            notes[layer.name] = f"own prune {own:g}; pruned {shared:.3g} with the width multiplier {config.arch.width:g}"
+        else:
+            notes[layer.name] = f"own prune {own:g}; pruned {shared:.3g} with its channel group"
+    return notes
+
+
+def config_summary(config: dict | None) -> str:
+    """One line on what a config does: how many layers are pruned and by how much, the bits,
+    ranks, width and dropped blocks."""
+    if not config:
+        return "no config"
+    layers = config.get("layers") or {}
+    parts = []
+    pruned = [lc.get("prune") or 0.0 for lc in layers.values() if (lc.get("prune") or 0.0) > 0]
+    if pruned:
+        parts.append(f"{plural(len(pruned), 'layer')} pruned {min(pruned):g}-{max(pruned):g}"
+                     if len(set(pruned)) > 1 else f"{plural(len(pruned), 'layer')} pruned {pruned[0]:g}")
+    for key, label in (("wbits", "weights"), ("abits", "activations")):
+        bits = sorted({lc.get(key) for lc in layers.values() if lc.get(key) is not None})
+        if bits:
+            parts.append(f"{label} {'/'.join(map(str, bits))}-bit")
+    ranks = [lc.get("rank") for lc in layers.values() if lc.get("rank") is not None]
+    if ranks:
+        parts.append(f"{plural(len(ranks), 'layer')} low-rank")
+    arch = config.get("arch") or {}
+    if (arch.get("width") or 1.0) < 1.0:
+        parts.append(f"width x{arch['width']:g}")
+    if arch.get("drop"):
+        parts.append(f"drops {', '.join(arch['drop'])}")
+    return "; ".join(parts) or "uncompressed"
+
+
+def pareto_rich_table(pareto: pd.DataFrame, baseline: dict, origin: str, title: str, *, wide: bool = False,
+                      pick: int | None = None, baseline_figures: dict | None = None,
+                      carbon_label: str | None = None):
+    """The Pareto set for the terminal. Default: trial, accuracy, drop, size, energy reduction,
+    energy, latency and (with carbon figures) break-even: under 100 columns, nothing cut.
+    ``wide`` adds SQNR and the carbon figures. Where a figure comes from is the caption."""
+    from rich.table import Table
+
+    carbon = baseline_figures is not None and "break_even_inferences" in pareto
+    t = Table(title=title, title_justify="left", caption_justify="left",
+              caption=f"energy and latency per inference: {origin}" + (f"; carbon at {carbon_label}" if carbon and wide else ""))
+    cols = ["trial", "accuracy\n%", "drop\npp", "size\nMB", "energy\nreduction", "energy\nmJ", "latency\nms"]
+    if carbon:
+        cols.append("break-even\ninferences")
+    if wide:
+        cols.append("SQNR\ndB")
+        if carbon:
+            cols += ["kWh per\nM inf", "kgCO2e per\nM inf", "GOPS/W"]
+    for col in cols:
+        t.add_column(col, justify="right", no_wrap=True)
+
+    def row(r, base: bool):
+        cells = ["base" if base else str(int(r["trial"])), f"{100 * r['accuracy']:.2f}",
+                 "0.00" if base else f"{r['accuracy_drop']:.2f}", f"{r['size_bytes'] / 1e6:.2f}",
+                 "1.00x" if base else f"{r['energy_reduction']:.2f}x", _fixed(r["energy_mj"], baseline["energy_mj"]),
+                 _fixed(r["latency_ms"], baseline["latency_ms"])]
+        fig = baseline_figures if base else r
+        if carbon:
+            cells.append("-" if base else _count(r["break_even_inferences"]))
+        if wide:
+            cells.append("-" if base else _sqnr(r["sqnr_db"]))
+            if carbon:
+                cells += [f"{fig['kwh_per_million']:.4g}", f"{fig['gco2e_per_million'] / 1e3:.4g}",
+                          f"{fig['gops_per_w']:.1f}"]
+        return cells
+
+    t.add_row(*row(baseline, True), style="dim")
+    for _, r in pareto.iterrows():
+        t.add_row(*row(r, False), style="bold" if pick is not None and int(r["trial"]) == pick else None)
+    return t
+
+
+def _fixed(x, ref) -> str:
+    """``x`` with the decimals that give the baseline ``ref`` four significant digits (one column
+    lines up, and a candidate's smaller figure keeps as many decimals)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    try:
+        digits = 3 - math.floor(math.log10(abs(float(ref))))
+    except (TypeError, ValueError):
+        return f"{x:.4g}"
+    return f"{x:.{min(6, max(0, digits))}f}"
+
+
+def _shell_path(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _pareto_svg(points: list[dict], baseline: dict, x_label: str, y_label: str, floor: float | None) -> str:
+    """The Pareto front as inline SVG: every trial a point; hovering one shows its trial, figures
+    and config (an SVG <title>, so no script and no library is needed)."""
+    e = html.escape
+    W, H, L, R, T, B = 760, 420, 64, 16, 16, 48
+    xs = [p["x"] for p in points] + [1.0]
+    ys = [p["y"] for p in points] + [baseline["y"]] + ([floor] if floor is not None else [])
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    pad_x, pad_y = (x1 - x0) * 0.05 or 0.5, (y1 - y0) * 0.08 or 0.5
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+
+    def sx(v):
+        return L + (v - x0) / (x1 - x0) * (W - L - R)
+
+    def sy(v):
+        return T + (y1 - v) / (y1 - y0) * (H - T - B)
+
+    out = [f'<svg id="pareto-svg" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+           f'role="img" aria-label="{e(y_label)} against {e(x_label)}">',
+           f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="#fff" stroke="#999"/>']
+    for i in range(6):  # grid and tick labels
+        xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
+        out.append(f'<line x1="{sx(xv):.1f}" y1="{T}" x2="{sx(xv):.1f}" y2="{H - B}" stroke="#eee"/>'
+                   f'<text x="{sx(xv):.1f}" y="{H - B + 14}" font-size="11" text-anchor="middle">{xv:.3g}</text>'
+                   f'<line x1="{L}" y1="{sy(yv):.1f}" x2="{W - R}" y2="{sy(yv):.1f}" stroke="#eee"/>'
+                   f'<text x="{L - 4}" y="{sy(yv) + 4:.1f}" font-size="11" text-anchor="end">{yv:.3g}</text>')
+    out.append(f'<text x="{(L + W - R) / 2}" y="{H - 8}" font-size="12" text-anchor="middle">{e(x_label)}</text>'
+               f'<text x="14" y="{(T + H - B) / 2}" font-size="12" text-anchor="middle" '
+               f'transform="rotate(-90 14 {(T + H - B) / 2})">{e(y_label)}</text>')
+    if floor is not None and y0 <= floor <= y1:
+        out.append(f'<line x1="{L}" y1="{sy(floor):.1f}" x2="{W - R}" y2="{sy(floor):.1f}" stroke="#d62728" '
+                   f'stroke-dasharray="5,4"><title>accuracy floor: {floor:.2f}</title></line>')
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["x"])
+    if len(front) > 1:
+        path = " ".join(f"{sx(p['x']):.1f},{sy(p['y']):.1f}" for p in front)
+        out.append(f'<polyline points="{path}" fill="none" stroke="#333" stroke-width="1" opacity="0.6"/>')
+    for p in sorted(points, key=lambda p: (p["pareto"], p["chosen"])):  # the front on top
+        fill = "#1f77b4" if p["pareto"] else ("#9ecae1" if p["feasible"] else "#bbb")
+        r = 7 if p["pareto"] else 4.5
+        stroke = ' stroke="#d62728" stroke-width="3"' if p["chosen"] else (' stroke="#000"' if p["pareto"] else "")
+        out.append(f'<circle class="trial" data-trial="{p["trial"]}" cx="{sx(p["x"]):.1f}" cy="{sy(p["y"]):.1f}" '
+                   f'r="{r}" fill="{fill}"{stroke}><title>{e(p["title"])}</title></circle>')
+    bx, by = sx(1.0), sy(baseline["y"])
+    out.append(f'<path d="M{bx:.1f},{by - 9:.1f} L{bx + 3:.1f},{by - 3:.1f} L{bx + 9:.1f},{by - 3:.1f} '
+               f'L{bx + 4:.1f},{by + 2:.1f} L{bx + 6:.1f},{by + 9:.1f} L{bx:.1f},{by + 5:.1f} L{bx - 6:.1f},{by + 9:.1f} '
+               f'L{bx - 4:.1f},{by + 2:.1f} L{bx - 9:.1f},{by - 3:.1f} L{bx - 3:.1f},{by - 3:.1f} Z" fill="#d62728" '
+               f'stroke="#000"><title>{e(baseline["title"])}</title></path>')
+    out.append("</svg>")
+    return "".join(out)
 
 
 def _png(draw) -> bytes:
@@ -482,6 +726,8 @@ def _count(x) -> str:
 def _cell(v, col: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "float" if col.endswith("_bits") else "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else ""
     if col in ("energy_share", "baseline_energy_share"):
         return f"{100 * v:.1f}%"
     if col in ("latency_ms", "energy_mj"):
