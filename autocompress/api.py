@@ -229,18 +229,19 @@ class SearchResult:
         return self.report_path
 
     def finetune(self, pick="best", *, epochs: float = 1.0, steps: int | None = None, lr: float | None = None,
-                 max_acc_drop: float | None = None, log: Callable[[str], None] = print, progress=None) -> dict:
+                 max_acc_drop: float | None = None, race: int = 1, log: Callable[[str], None] = print,
+                 progress=None) -> dict:
         """Train the chosen candidate to its final accuracy (quantisation-aware, with
         distillation), measure it on the whole test split and write it with its figures to
         ``run_dir/finished/trial<N>/``; returns those figures. See :func:`finetune`."""
         if self.prepared is None:
             return finetune(self.run_dir, pick, epochs=epochs, steps=steps, lr=lr, max_acc_drop=max_acc_drop,
-                            log=log, progress=progress)
+                            race=race, log=log, progress=progress)
         from autocompress.finish import finish, pick_record
 
         record = pick_record(self.run_dir, self._trial(pick) if pick != "best" else "best", max_acc_drop)
         return finish(self.prepared, self.run_dir, record, self.recovery, epochs=epochs, steps=steps, lr=lr,
-                      seed=self.seed, progress=progress, log=log)
+                      seed=self.seed, race=race, max_acc_drop=max_acc_drop, progress=progress, log=log)
 
     def reproduce(self, trial: int) -> Metrics:
         """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
@@ -256,13 +257,17 @@ class SearchResult:
 
 
 def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: int | None = None,
-             lr: float | None = None, max_acc_drop: float | None = None, log: Callable[[str], None] = print,
-             progress=None) -> dict:
+             lr: float | None = None, max_acc_drop: float | None = None, race: int = 1,
+             log: Callable[[str], None] = print, progress=None) -> dict:
     """The finishing step for a run directory: rebuild the searched model and data from its
     settings, fine-tune candidate ``pick`` (a trial number, or ``"best"``: the highest energy
     reduction on the Pareto set within ``max_acc_drop``) for ``epochs`` over the training split
     (or ``steps``), and report it on the test split the search never saw. Returns the figures
-    written to ``run_dir/finished/trial<N>/result.json`` (with the TorchScript and ONNX models)."""
+    written to ``run_dir/finished/trial<N>/result.json`` (with the TorchScript and ONNX models).
+
+    ``race`` > 1: the pick and up to ``race`` - 1 candidates that could still beat it share the
+    steps by constraint-aware successive halving; the one left is finished (see
+    :func:`autocompress.finish.finish`)."""
     from autocompress.finish import finish, pick_record
 
     record = pick_record(run_dir, pick, max_acc_drop)  # a bad pick fails before anything is loaded
@@ -274,7 +279,7 @@ def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: in
                    val_samples=args["val_samples"], val_split=args["val_split"], normalize=args["normalize"],
                    log=log)
     return finish(prep, run_dir, record, args["recovery"], epochs=epochs, steps=steps, lr=lr,
-                  seed=args["seed"], progress=progress, log=log)
+                  seed=args["seed"], race=race, max_acc_drop=max_acc_drop, progress=progress, log=log)
 
 
 def resume_arguments(run_dir: str | Path) -> dict:

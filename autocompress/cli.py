@@ -500,6 +500,9 @@ def finetune(
     epochs: float = typer.Option(1.0, help="passes over the training split (fractions allowed)"),
     steps: Optional[int] = typer.Option(None, help="fine-tuning steps instead of --epochs"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate of the one-cycle schedule (default: the search's)"),
+    race: int = typer.Option(1, help="race the pick against up to N-1 candidates that could still beat it "
+                             "(more energy saved, a little beyond the limit) by successive halving over the "
+                             "same steps; 1: no race"),
 ):
     """Train a chosen candidate to its final accuracy and measure it on the test split the search
     never saw; writes the model (TorchScript, QDQ ONNX) and its figures to RUN_DIR/finished/."""
@@ -512,6 +515,8 @@ def finetune(
         raise UserError(f"--epochs must be above 0, not {epochs}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be at least 1, not {steps}")
+    if race < 1:
+        raise UserError(f"--race must be at least 1 (no race), not {race}")
     pick_record(run_dir, pick, max_acc_drop)  # a bad run directory or pick fails before anything loads
     progress = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                         TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
@@ -519,7 +524,7 @@ def finetune(
     task = progress.add_task("finetune", total=1, loss="-")
     with progress:
         result = api.finetune(run_dir, pick, epochs=epochs, steps=steps, lr=lr, max_acc_drop=max_acc_drop,
-                              log=console.print,
+                              race=race, log=console.print,
                               progress=lambda i, n, loss: progress.update(task, completed=i, total=n, loss=f"{loss:.3f}"))
     console.print(f"trial {result['trial']} finished: {result['training_images']:,} training images in "
                   f"{result['train_seconds']:.0f} s ({result['cpu']})")

@@ -39,3 +39,64 @@ def test_finetune_on_a_run_directory_writes_the_model_and_its_test_split_accurac
 def test_finetune_bad_input_is_one_line(tmp_path):
     r = cli("finetune", str(tmp_path))
     assert r.returncode == 2 and "is not a run directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _rec(trial, energy, drop, fidelity="full", **kw):
+    return {"trial": trial, "config": {}, "status": "ok", **kw,
+            "metrics": {"energy_reduction": energy, "accuracy_drop": drop, "fidelity": fidelity}}
+
+
+def test_race_entrants_are_the_pick_and_what_could_still_beat_it():
+    from autocompress.finish import race_entrants
+
+    pick = _rec(0, 2.0, 0.8)
+    records = [pick, _rec(1, 3.0, 1.5), _rec(2, 4.0, 2.5),  # 2: beyond the limit + slack
+               _rec(3, 3.5, 0.5, fidelity="screen"),  # never fine-tuned: its drop says little
+               _rec(4, 1.5, 0.1),  # less energy saved than the pick
+               _rec(5, 3.2, 1.9), _rec(6, 3.2, 1.9, duplicate_of=5), _rec(7, 2.5, 1.0)]
+    got = [r["trial"] for r in race_entrants(records, pick, 1.0, entrants=4, slack=1.0)]
+    assert got == [0, 5, 1, 7]  # the pick, then the highest energy reductions
+    assert [r["trial"] for r in race_entrants(records, pick, 1.0, entrants=2)] == [0, 5]
+
+
+def test_race_survivors_are_within_the_limit_first_then_the_closest():
+    from autocompress.finish import race_survivors
+
+    scores = [(2.0, 0.5), (4.0, 1.4), (3.0, 0.9), (5.0, 3.0), (3.5, 1.1)]
+    assert race_survivors(scores, 1.0, 2) == [2, 0]  # within 1 point, most energy saved first
+    assert race_survivors(scores, 1.0, 4) == [2, 0, 4, 1]  # then the smallest drops beyond it
+    assert race_survivors(scores, 0.1, 1) == [0]
+
+
+@pytest.mark.slow
+def test_a_race_shares_the_budget_and_finishes_the_highest_energy_survivor(tmp_path, digits):
+    import autocompress.api as api
+    from autocompress.compress import Recovery
+    from autocompress.finish import finish
+    from tests.tiny_models import tiny_resnet
+
+    space = tmp_path / "s.yaml"
+    space.write_text("name: s\nexclude: [first, last]\nknobs:\n"
+                     "  - {knob: prune, per: group, layers: ['layer3.*', 'layer4.*'], choices: [0.0, 0.25, 0.5, 0.75]}\n")
+    torch.manual_seed(0)
+    result = api.search(tiny_resnet(), data="digits", target="tpu-v1", space=str(space), trials=4, seed=0,
+                        recovery=Recovery(finetune_steps=3), constraints={"max_acc_drop": 100}, workers=1,
+                        out=tmp_path / "run", report=False, measure_energy=False, algorithm="random")
+    tuned = [r for r in result.records if (r.get("metrics") or {}).get("fidelity") == "full"
+             and r.get("duplicate_of") is None]
+    assert len({r["metrics"]["energy_reduction"] for r in tuned}) >= 3
+    low = min(tuned, key=lambda r: r["metrics"]["energy_reduction"])
+    out = finish(result.prepared, tmp_path / "run", low, Recovery(batch_size=32), steps=40, race=4,
+                 max_acc_drop=100, log=lambda s: None)
+    race = out["race"]
+    assert race["entrants"][0] == low["trial"] and len(race["entrants"]) >= 3
+    # every entrant is within a 100-point limit: the one that saves the most is finished
+    best = max((r for r in tuned if r["trial"] in race["entrants"]), key=lambda r: r["metrics"]["energy_reduction"])
+    assert out["trial"] == best["trial"]
+    # the race and the finish share the budget: 40 steps of 32 in all, the winner trained most
+    assert out["training_images"] == pytest.approx(40 * 32, abs=32 * len(race["entrants"]))
+    steps = {}
+    for h in race["history"]:
+        steps[h["trial"]] = h["steps"]
+    assert steps[out["trial"]] == max(steps.values())
+    assert json.loads((tmp_path / "run" / "finished" / f"trial{out['trial']}" / "result.json").read_text())["race"]

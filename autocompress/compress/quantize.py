@@ -80,6 +80,18 @@ def remove_weight_fake_quant(layers: list[nn.Module]) -> None:
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
 
+def own_parametrized_classes(model: nn.Module) -> None:
+    """Give every parametrised module of ``model`` a class of its own. A deep copy of a
+    parametrised module shares its class with the original, and removing the parametrisation
+    deletes the property from that class: the original would lose its ``weight``."""
+    from torch.nn.utils import parametrize
+
+    for m in model.modules():
+        if parametrize.is_parametrized(m):
+            cls = m.__class__
+            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def weight_integers(module: nn.Module) -> torch.Tensor:
     """The integers of a layer :func:`quantize_weights` quantised (weight / its scale, exact)."""
     scale = module.weight_scale

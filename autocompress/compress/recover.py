@@ -161,7 +161,10 @@ def train(model: nn.Module, data: DataBundle, *, steps: int, lr: float, batch_si
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
+    # one cycle needs a few steps to have phases (at 4 its warm-up is one step and it divides by
+    # zero): a constant rate below 5
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25) if steps >= 5
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     model.train()
     if teacher is not None:
         teacher.eval()
