@@ -208,8 +208,8 @@ def group_ratios(table: LayerTable, config: CompressionConfig) -> dict[str, floa
     ratios: dict[str, tuple[float, str]] = {}
     for name, lc in config.layers.items():
         if name not in table:
-            close = difflib.get_close_matches(name, table.names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = difflib.get_close_matches(name, table.names, n=3)
+            hint = f" (nearest: {', '.join(close)})" if close else ""
             raise UserError(f"config names layer {name!r}, which the model does not have{hint}")
         if lc.rank is not None and table[name].groups > 1:
             raise UserError(f"layer {name!r} is a grouped or depthwise convolution: it has no rank to cut")

@@ -44,7 +44,7 @@ __all__ = ["SearchSpace", "BoundSpace", "Param", "load_space", "list_spaces"]
 
 
 class KnobRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan choices, ranges or steps
 
     knob: Literal["prune", "wbits", "abits", "rank", "width", "drop"]
     per: Literal["group", "layer", "all", "block"] = "layer"
