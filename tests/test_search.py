@@ -277,3 +277,16 @@ def test_starting_points_end_with_the_structure_heavy_corner():
                       {"prune:a": 0.25, "prune:b": 0.25, "wbits:c": 8},
                       {"prune:a": 0.5, "prune:b": 0.5, "wbits:c": 4}]
     assert len(starting_points(params, budget=9)) == 3  # at most a third of the budget
+
+
+def test_recovery_is_learned_only_from_candidates_that_lost_more_than_noise():
+    """Quantisation-only candidates that screen a few tenths of a point low and come back
+    half-way are noise; they must not make a 10-point loss look unrecoverable."""
+    from autocompress.search.problem import RecoveryEstimate
+
+    noisy = [(0.926, 0.930), (0.924, 0.926), (0.929, 0.931)]  # baseline 0.933: 0.4-0.9 points lost
+    assert RecoveryEstimate.learn(0.933, noisy).pairs == 0
+    assert RecoveryEstimate.learn(0.933, noisy).best_case(0.833) == 0.933
+    real = noisy + [(0.136, 0.89), (0.70, 0.92), (0.60, 0.915)]
+    est = RecoveryEstimate.learn(0.933, real)
+    assert est.pairs == 3 and est.share > 0.9
