@@ -105,9 +105,14 @@ def race_entrants(records: list[dict], record: dict, max_acc_drop: float, *, ent
 def race_survivors(scores: list[tuple[float, float]], max_acc_drop: float, keep: int) -> list[int]:
     """Of (energy reduction, accuracy drop) ``scores``, the indices of the ``keep`` that go on:
     those within ``max_acc_drop``, highest energy reduction first, then the others, smallest drop
-    first (more training may still bring them within)."""
-    order = sorted(range(len(scores)), key=lambda i: (scores[i][1] > max_acc_drop,
-                                                      -scores[i][0] if scores[i][1] <= max_acc_drop else scores[i][1]))
+    first (more training may still bring them within), ties to the higher energy reduction."""
+    def rank(i):
+        energy, drop = scores[i]
+        if drop <= max_acc_drop:
+            return (0, -energy, drop)
+        return (1, drop, -energy)  # a tie in drop goes to the one that saves more
+
+    order = sorted(range(len(scores)), key=rank)
     return order[:keep]
 
 

@@ -66,6 +66,7 @@ def test_race_survivors_are_within_the_limit_first_then_the_closest():
     assert race_survivors(scores, 1.0, 2) == [2, 0]  # within 1 point, most energy saved first
     assert race_survivors(scores, 1.0, 4) == [2, 0, 4, 1]  # then the smallest drops beyond it
     assert race_survivors(scores, 0.1, 1) == [0]
+    assert race_survivors([(2.7, 1.1), (3.3, 1.1)], 1.0, 1) == [1]  # equally far: the one saving more
 
 
 @pytest.mark.slow
