@@ -102,7 +102,7 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
             raise UserError("give both train_data and val_data")
         bundle = from_torch(train_data, val_data, test_data, num_classes=num_classes)
     elif data is not None:
-        bundle = resolve_data(data, normalize=normalize, val_split=val_split)
+        bundle = resolve_data(data, normalize=normalize, val_split=val_split, log=log)
     if bundle is not None:
         bundle = bundle.subset_val(val_samples)
         notes += bundle.notes

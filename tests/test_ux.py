@@ -225,3 +225,25 @@ def test_the_package_api_is_still_there_lazily():
             "print('OK')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-1500:]
+
+
+def test_decoding_an_image_folder_shows_progress_the_first_time_only(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from autocompress.data import _imagefolder, resolve_data
+
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((4, 4, 3), 40 * i, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_imagefolder, "PROGRESS_SECONDS", -1.0)  # a line per image
+    lines = []
+    resolve_data(f"imagefolder:{tmp_path}", val_split=0, log=lines.append)
+    assert lines[0].startswith("decoding 16 images of") and "cached" in lines[0]
+    assert any("11 of 12 images" in line for line in lines)  # train: 12 images, counted as they go
+    again = []
+    resolve_data(f"imagefolder:{tmp_path}", val_split=0, log=again.append)
+    assert again == []  # read from the cache: nothing decoded

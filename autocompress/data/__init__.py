@@ -138,10 +138,11 @@ def default_val_split(train_samples: int) -> int:
     return min(DEFAULT_VAL_SPLIT, train_samples // 5)
 
 
-def resolve_data(spec: str, *, normalize: str = "auto", val_split: int | None = None) -> DataBundle:
+def resolve_data(spec: str, *, normalize: str = "auto", val_split: int | None = None, log=None) -> DataBundle:
     """``digits`` or ``imagefolder:PATH`` (also ``cifar10:PATH``, the same layout), with a
     validation split of ``val_split`` class-balanced training samples (None: 20% of the training
-    data, at most 5,000; 0: none, the search then decides on the test split and says so)."""
+    data, at most 5,000; 0: none, the search then decides on the test split and says so).
+    ``log`` gets progress lines while images are decoded (the first time only: then cached)."""
     if spec in DATASETS:
         bundle = DATASETS[spec]()
     else:
@@ -149,7 +150,7 @@ def resolve_data(spec: str, *, normalize: str = "auto", val_split: int | None = 
         if not (sep and kind in ("imagefolder", "cifar10")):
             raise unknown_name("data set", spec, list(DATASETS) + ["imagefolder:PATH"])
         from autocompress.data._imagefolder import load_imagefolder
-        bundle = load_imagefolder(path, normalize=normalize)
+        bundle = load_imagefolder(path, normalize=normalize, log=log)
     return split_validation(bundle, val_split)
 
 

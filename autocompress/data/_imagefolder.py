@@ -54,14 +54,21 @@ def _read(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None, split: Path
+def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None, split: Path, log=None
             ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decoded images and labels; an image that cannot be read (truncated, corrupt, not an
-    image) is skipped and its path returned, unless too many are (then a UserError)."""
+    image) is skipped and its path returned, unless too many are (then a UserError). ``log``
+    gets a line every ``PROGRESS_SECONDS``."""
+    import time
+
     from PIL import Image
 
     arrays, labels, bad = [], [], []
-    for path, label in items:
+    t0 = last = time.monotonic()
+    for i, (path, label) in enumerate(items):
+        if log is not None and time.monotonic() - last > PROGRESS_SECONDS:
+            last = time.monotonic()
+            log(f"  decoding {split}: {i:,} of {len(items):,} images ({last - t0:.0f} s)")
         try:
             a = _read(path, size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -78,7 +85,10 @@ def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None, split: 
     return x, torch.tensor(labels, dtype=torch.int64), bad
 
 
-def load_imagefolder(path: str, *, normalize: str = "auto") -> DataBundle:
+PROGRESS_SECONDS = 5.0
+
+
+def load_imagefolder(path: str, *, normalize: str = "auto", log=None) -> DataBundle:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UserError(f"data folder {path!r} does not exist")
@@ -100,8 +110,11 @@ def load_imagefolder(path: str, *, normalize: str = "auto") -> DataBundle:
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
     else:
-        tx, ty, bad = _decode(train_items, None, train_dir)
-        vx, vy, vbad = _decode(val_items, tuple(tx.shape[-1:-3:-1]), val_dir)
+        if log is not None:
+            log(f"decoding {len(train_items) + len(val_items):,} images of {root} (once: they are cached "
+                f"in {cache.parent})")
+        tx, ty, bad = _decode(train_items, None, train_dir, log)
+        vx, vy, vbad = _decode(val_items, tuple(tx.shape[-1:-3:-1]), val_dir, log)
         blob = {"tx": tx, "ty": ty, "vx": vx, "vy": vy, "skipped": bad + vbad}
         atomic_save(blob, cache)
     skipped = list(blob.get("skipped", []))
