@@ -31,6 +31,11 @@ def __getattr__(name: str):
         value = getattr(import_module(_WHERE[name]), name)
         globals()[name] = value  # the next look-up is a plain attribute
         return value
+    if not name.startswith("_"):  # a submodule (autocompress.api, .finish, ...), as before the lazy names
+        from importlib.util import find_spec
+
+        if find_spec(f"{__name__}.{name}") is not None:
+            return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
 
 

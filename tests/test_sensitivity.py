@@ -173,3 +173,10 @@ def test_a_short_surrogate_search_records_predicted_next_to_measured(trained_tin
     for r in records:
         assert 0 <= r["predicted_accuracy"] <= 1 and "predicted_drop_final" in r
         assert r["metrics"]["accuracy_screen"] is not None
+    # resuming the finished run owes no trial: it returns the records without a sampler (the
+    # surrogate's guide is built only for trials still to run, and its absence once raised)
+    again = autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                                val_data=_ds(digits.val_x, digits.val_y), target="tpu-v1", trials=4, workers=1,
+                                space=small_space, algorithm="surrogate", constraints={"max_acc_drop": 3.0},
+                                seed=0, resume=result.run_dir, log=lines.append, measure_energy=False)
+    assert [r["trial"] for r in again.records] == [r["trial"] for r in records]

@@ -247,3 +247,12 @@ def test_decoding_an_image_folder_shows_progress_the_first_time_only(tmp_path, m
     again = []
     resolve_data(f"imagefolder:{tmp_path}", val_split=0, log=again.append)
     assert again == []  # read from the cache: nothing decoded
+
+
+def test_submodules_are_attributes_of_the_package_without_an_explicit_import():
+    import subprocess
+    import sys
+
+    code = "import autocompress; print(autocompress.api.__name__, autocompress.finish.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["autocompress.api", "autocompress.finish"], out.stderr

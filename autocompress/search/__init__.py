@@ -87,8 +87,11 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     baseline = rundir.baseline
     ref = reference_point(problem, baseline)
     directions = list(problem.objectives.values())
+    if search.trials <= len(records):  # a finished run resumed: nothing owed, no sampler to build
+        rundir.write_tables(records, problem.objectives, ref)
+        return records
     guide = None
-    if search.algorithm == "surrogate" and search.trials > len(records):
+    if search.algorithm == "surrogate":
         from autocompress.search._surrogate import build_guide
         guide = build_guide(problem, log)  # the sensitivity table, here in the driver, before any trial
         _keep_sensitivity(guide.predictor.sens, rundir)
