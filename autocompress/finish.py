@@ -134,6 +134,7 @@ def _race(prepared, entrants: list[dict], recovery: Recovery, *, steps: int, max
     first = max(1, int(share * steps / (rungs * n)))
     alive = [(r, Candidate(prepared.model, prepared.table, CompressionConfig.from_dict(r["config"]), data=data,
                            recovery=recovery, seed=seed)) for r in entrants]
+    everyone = [cand for _, cand in alive]
     history = []
     for k in range(rungs):
         rung_steps = first * eta ** k
@@ -155,7 +156,8 @@ def _race(prepared, entrants: list[dict], recovery: Recovery, *, steps: int, max
             progress(k + 1, rungs, 0.0)
     winner, cand = alive[0]
     return winner, cand, {"entrants": [int(r["trial"]) for r in entrants], "eta": eta, "rungs": rungs,
-                          "first_rung_steps": first, "history": history}
+                          "first_rung_steps": first, "history": history,
+                          "training_images": sum(c.training_images for c in everyone)}
 
 
 def finish(prepared, run_dir: str | Path, record: dict, recovery: Recovery, *, epochs: float = 1.0,
@@ -204,8 +206,7 @@ def finish(prepared, run_dir: str | Path, record: dict, recovery: Recovery, *, e
         candidate = Candidate(prepared.model, prepared.table, config, data=data, recovery=recovery, seed=seed)
         race_images = 0
     else:
-        race_images = _race_images(race_log, recovery.batch_size)
-        race_log["training_images"] = race_images
+        race_images = race_log["training_images"]
     rest = max(0, steps - race_images // recovery.batch_size)
     # a cache of teacher logits pays when many candidates share it; one long run sees each image
     # about once, where the live teacher costs one forward per image (and keeps random crops),
@@ -254,14 +255,6 @@ def finish(prepared, run_dir: str | Path, record: dict, recovery: Recovery, *, e
     atomic_write_json(out / "result.json", result)
     result["path"] = str(out)
     return result
-
-
-def _race_images(race_log: dict, batch_size: int) -> int:
-    """Training images of every entrant of a race: each one's steps at the last rung it ran."""
-    last = {}
-    for h in race_log["history"]:
-        last[h["trial"]] = h["steps"]
-    return sum(last.values()) * batch_size
 
 
 def _run_limit(run_dir) -> float:
