@@ -5,15 +5,25 @@ per group x kernel area, N = output channels per group, once per group. A factor
 two GEMMs (K x rank, then rank x N) with its rank-wide middle written and read back; a layer of
 a dropped block costs nothing.
 
-* systolic_array (weight stationary, the formulation SCALE-Sim uses): the array holds a
-  rows x cols weight tile; folds = groups x ceil(K / rows) x ceil(N / cols); each fold streams
-  M input rows plus rows + cols - 2 cycles of fill and drain, and loading the next tile
-  (weight_load_cycles) hides behind the stream when double buffered.
-* roofline: MACs / (peak x rate).
+Compute cycles come from the profile's fabric:
+
+* systolic_array (``_systolic.py``): SCALE-Sim 3.0's fold model for weight-, output- and
+  input-stationary dataflows, with the next stationary tile's load hidden behind the stream
+  where the profile says the array is double-buffered.
+* roofline (``_roofline.py``): MACs / (peak x rate).
 
 Compute runs at the native precision that fits the layer's bits (fewer bits never compute
 faster on a device without them); weights are stored at their own width only where the
-profile says storage is packed. Memory time = bytes / bandwidth per level; a layer takes
+profile says storage is packed.
+
+Memory, per layer (``_place``): each of a layer's weights, inputs and outputs lives in the first
+level that holds that operand, in the order the profile lists them, and where it fits: an
+off-chip level takes whatever reaches it; an on-chip one takes the layer's inputs and outputs
+when they fit it (both together where one level holds both), and its weights when the layer's
+weights fit (a ``weights_scope: layer`` filter SRAM, filled from off chip once per inference) or
+when the whole model's weights fit (``weights_scope: model``, a parameter memory kept between
+inferences). What fits nowhere goes to the first off-chip level. Each operand's bytes cross the
+level it lives in once per inference; memory time = bytes / bandwidth per level; a layer takes
 max(compute, memory) + overhead, or compute + memory + overhead where the profile says memory
 does not overlap compute (``memory_overlap: false``). Energy follows the profile's ``energy_model``.
 """
@@ -25,9 +35,11 @@ import numpy as np
 
 from autocompress.config import FLOAT_BITS, CompressionConfig, ResolvedConfig, resolve, resolve_many
 from autocompress.graph import LayerTable
+from autocompress.hardware._roofline import Roofline
+from autocompress.hardware._systolic import SystolicArray
 from autocompress.hardware.profile import HardwareProfile
 
-__all__ = ["Cost", "CostModel"]
+__all__ = ["Cost", "CostModel", "fabric_model", "OPERANDS"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,49 @@ class Cost:
         import pandas as pd
 
         return pd.DataFrame({"layer": names, **(self.layers or {})})
+
+
+#: the operands of a layer, as memory levels name them
+OPERANDS = ("weights", "inputs", "outputs")
+
+
+def fabric_model(profile: HardwareProfile):
+    """The compute model of the profile's fabric: an object with ``cycles(m, k, n, groups, macs)``."""
+    if profile.fabric.kind == "systolic_array":
+        return SystolicArray(profile.fabric)
+    return Roofline(profile.peak_macs_per_cycle)
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """An on-chip level an operand may live in, on its way out from the array to off chip."""
+
+    level: int
+    size: float
+    fit: str  # which bytes must fit: "own", "both" (inputs + outputs), "layer" or "model" (weights)
+    fill: int | None = None  # weights_scope layer: the level its weights are read from, once per inference
+
+
+def _route(profile: HardwareProfile, operand: str) -> tuple[list[_Stop], int]:
+    """The levels an operand tries, in the profile's order, and where what fits none of them goes."""
+    memory = profile.memory
+    off_chip = [i for i, m in enumerate(memory) if m.off_chip]
+    stops: list[_Stop] = []
+    last = None
+    for i, m in enumerate(memory):
+        if not m.keeps(operand):
+            continue
+        if m.off_chip:
+            last = i
+            break
+        if operand == "weights":
+            fit = "model" if m.weights_scope == "model" else "layer"
+        else:
+            fit = "both" if m.keeps("inputs") and m.keeps("outputs") else "own"
+        stops.append(_Stop(i, m.size_bytes, fit))
+    if last is None:  # no off-chip level holds it: the first off-chip level, else the last level that does
+        last = off_chip[0] if off_chip else stops.pop().level
+    return [_Stop(x.level, x.size, x.fit, last if x.fit == "layer" else None) for x in stops], last
 
 
 class CostModel:
@@ -70,28 +125,16 @@ class CostModel:
                 self._e_mac[w, a] = nat.energy_per_mac_pj or 0.0
                 self._w_native[w, a] = nat.weights
                 self._a_native[w, a] = nat.activations
-        # weights live in the first level that holds them all (on-chip parameter memory), else
-        # in the next one that takes weights (DRAM); chosen per config, by its weight bytes
-        self.weight_levels = [(i, m.size_bytes) for i, m in enumerate(p.memory) if "weights" in m.holds]
-        self.act_level = next(i for i, m in enumerate(p.memory) if "activations" in m.holds)
-        off = [i for i, m in enumerate(p.memory) if m.off_chip]
-        self.spill_level = off[0] if off else self.weight_levels[-1][0]
-        self.act_on_chip = not p.memory[self.act_level].off_chip
-        self.act_size = p.memory[self.act_level].size_bytes
+        self.routes = {op: _route(p, op) for op in OPERANDS}
+        self.level_names = [m.name for m in p.memory]
+        self.level_off_chip = [m.off_chip for m in p.memory]
         self.bandwidth = [m.bandwidth_bytes_per_s for m in p.memory]
         self.e_byte = [m.energy_pj_per_byte * 1e-12 for m in p.memory]
         self.overhead_s = p.layer_overhead_cycles / p.clock_hz
         self.peak = p.peak_macs_per_cycle
-        fab = p.fabric
-        self.systolic = fab.kind == "systolic_array"
-        if self.systolic:
-            self.rows, self.cols = fab.rows, fab.cols
-            load = fab.weight_load_cycles or 0
-            m_rows = self.spatial * self.batch
-            # per fold: stream the M input rows (the next tile's load hides behind it when double
-            # buffered), then fill and drain; SCALE-Sim's WS fold without double buffering
-            self.stream = np.maximum(m_rows, load) if fab.double_buffered_weights else m_rows + load
-            self.fill_drain = self.rows + self.cols - 2
+        self.fabric = fabric_model(p)
+        # GEMM rows, for both of a layer's GEMMs: output positions of the whole batch
+        self.m_rows = np.concatenate([self.spatial, self.spatial]) * self.batch
 
     def reference(self) -> CompressionConfig:
         """The uncompressed model as it runs on the device (its reference precision)."""
@@ -112,6 +155,28 @@ class CostModel:
         latency, energy, parts = self._layers(r, detail)
         return Cost(float(latency.sum()), float(energy.sum()), self.profile.origin, parts)
 
+    def _place(self, operand: str, nbytes, fits: dict, per_level: dict, detail: bool):
+        """Charge ``nbytes`` (the operand's bytes per GEMM) to the levels it lives in; with
+        ``detail``, also return the level index of each GEMM's operand."""
+        stops, last = self.routes[operand]
+        placed = None
+        where = np.full(nbytes.shape, last, dtype=np.int64) if detail else None
+        for stop in stops:
+            here = fits[stop.fit] <= stop.size
+            if placed is not None:
+                here = here & ~placed
+            if here.any():
+                charged = nbytes * here
+                per_level[stop.level] = per_level.get(stop.level, 0) + charged
+                if stop.fill is not None:  # a filter SRAM's weights come from off chip every inference
+                    per_level[stop.fill] = per_level.get(stop.fill, 0) + charged
+                if detail:
+                    where = np.where(here, stop.level, where)
+            placed = here if placed is None else placed | here
+        rest = nbytes if placed is None else nbytes * ~placed
+        per_level[last] = per_level.get(last, 0) + rest
+        return where
+
     def _layers(self, r: ResolvedConfig, detail: bool = False):
         """Per-layer latency and energy; arrays may carry a leading config axis.
 
@@ -126,6 +191,7 @@ class CostModel:
             wb = np.where(wb >= FLOAT_BITS, self.ref_bits[0], wb)
             ab = np.where(ab >= FLOAT_BITS, self.ref_bits[1], ab)
         pair = lambda a, b: np.concatenate([a, b], axis=-1)  # noqa: E731
+        layer = lambda a: a[..., :L] + a[..., L:]  # noqa: E731  - the layer's two GEMMs together
         rate = pair(self._rate[wb, ab], self._rate[wb, ab])
         w_native = self._w_native[wb, ab]
         w_store = np.minimum(wb, w_native) if p.packed_weight_storage else w_native
@@ -139,11 +205,7 @@ class CostModel:
         present = pair(r.present, r.present & factorised)
         first_n = np.where(factorised, rank, n)
         macs = pair(self.spatial * g * k * first_n, self.spatial * rank * n) * present * self.batch
-        if self.systolic:
-            folds = pair(g * -(-k // self.rows) * -(-first_n // self.cols), -(-rank // self.rows) * -(-n // self.cols))
-            cycles = folds * (pair(self.stream, self.stream) + self.fill_drain) / rate
-        else:
-            cycles = macs / self.peak / rate
+        cycles = self.fabric.cycles(self.m_rows, pair(k, rank), pair(first_n, n), pair(g, np.ones_like(g)), macs) / rate
         compute_s = cycles / p.clock_hz
 
         bias = r.bias_params * 4
@@ -152,25 +214,16 @@ class CostModel:
                             rank * n * w_store / 8 + np.where(factorised, bias, 0)) * present
         in_elems, out_elems = self.in_elems_per_ch * r.in_channels, self.out_elems_per_ch * r.out_channels
         middle = self.out_elems_per_ch * rank
-        act_bytes = pair((in_elems + np.where(factorised, middle, out_elems)) * a_byte,
-                         (middle + out_elems) * a_byte) * present
-        # bytes per memory level: weights where they fit, activations on chip unless they spill
-        total_weights = weight_bytes.sum(axis=-1, keepdims=True)
+        in_bytes = pair(in_elems * a_byte, middle * a_byte) * present
+        out_bytes = pair(np.where(factorised, middle, out_elems) * a_byte, out_elems * a_byte) * present
+        # where each operand of each layer lives (see the module's docstring)
+        layer_weights = layer(weight_bytes)
+        fits = {"model": weight_bytes.sum(axis=-1, keepdims=True), "layer": pair(layer_weights, layer_weights),
+                "both": in_bytes + out_bytes}
         per_level: dict = {}
-        placed = np.zeros_like(total_weights, dtype=bool)
-        for i, size in self.weight_levels:  # the first level that holds all the weights
-            last = i == self.weight_levels[-1][0]
-            here = ~placed & ((total_weights <= size) | last)
-            if here.any():
-                per_level[i] = per_level.get(i, 0) + weight_bytes * here
-            placed |= here
-        if self.act_on_chip:
-            spills = act_bytes > self.act_size
-            on, off = np.where(spills, 0.0, act_bytes), np.where(spills, act_bytes, 0.0)
-            per_level[self.act_level] = per_level.get(self.act_level, 0) + on
-            per_level[self.spill_level] = per_level.get(self.spill_level, 0) + off
-        else:
-            per_level[self.act_level] = per_level.get(self.act_level, 0) + act_bytes
+        w_at = self._place("weights", weight_bytes, fits, per_level, detail)
+        i_at = self._place("inputs", in_bytes, {**fits, "own": in_bytes}, per_level, detail)
+        o_at = self._place("outputs", out_bytes, {**fits, "own": out_bytes}, per_level, detail)
         level_s = [b / self.bandwidth[i] for i, b in per_level.items()]
         memory_j = sum(b * self.e_byte[i] for i, b in per_level.items() if self.e_byte[i])
         if p.memory_overlap:
@@ -186,10 +239,15 @@ class CostModel:
         else:
             energy = macs * pair(self._e_mac[wb, ab], self._e_mac[wb, ab]) * 1e-12 + memory_j + latency * p.power.idle_w
         energy = energy / self.batch
-        layer = lambda a: a[..., :L] + a[..., L:]  # noqa: E731  - the layer's two GEMMs together
         layers = None
         if detail:
             latency_l = layer(latency)
+            # a layer's weights are placed as one; its inputs are its first GEMM's, its outputs its last's
+            at = {"weights_at": w_at[..., :L], "inputs_at": i_at[..., :L],
+                  "outputs_at": np.where(factorised, o_at[..., L:], o_at[..., :L])}
+            names = np.array(self.level_names + ["-"], dtype=object)
+            chip = np.array(["on" if not off else "off" for off in self.level_off_chip] + ["-"], dtype=object)
+            at = {key: np.where(r.present, v, -1) for key, v in at.items()}
             layers = {
                 "macs": r.macs, "params": r.weight_params + r.bias_params,
                 "wbits": wb, "abits": ab, "rank": rank, "cycles": layer(cycles * present),
@@ -199,6 +257,10 @@ class CostModel:
                                          out=np.zeros_like(latency_l), where=latency_l > 0),
                 "bound": np.where(~r.present, "dropped",
                                   np.where(layer(compute_s * present) >= layer(memory_s * present), "compute", "memory")),
-                "weight_bytes": layer(weight_bytes),
+                "weight_bytes": layer_weights,
+                **{key: names[v] for key, v in at.items()},
             }
+            if np.ndim(r.present) == 1:  # on/off chip for weights/inputs/outputs: narrow enough for a terminal
+                layers["placement"] = np.array(["/".join(x) for x in zip(*(chip[v] for v in at.values()))],
+                                               dtype=object)
         return layer(latency), layer(energy), layers

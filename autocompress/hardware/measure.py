@@ -105,6 +105,15 @@ class MeasuredTarget:
     def device(self) -> str:
         return "cuda" if self.name == "cuda-local" else "cpu"
 
+    #: as a Target would say it (autocompress.hardware.target); a measured target costs built
+    #: models, not configs, so it does not derive from Target's config-costing interface yet
+    origin_kind = "measured"
+
+    def describe(self) -> list[str]:
+        return [f"{self.name}: {self.device_name}, {self.runtime}, batch {self.batch_size}"
+                + (f", {self.threads} thread(s)" if self.device == "cpu" else ""),
+                f"  latency {self.origin}; energy {self.energy_origin}"]
+
     @property
     def origin(self) -> str:
         """Origin of the latency figures."""
