@@ -5,7 +5,9 @@ import torch
 
 # a private cache: tests never reuse (or pollute) a user's trained baselines
 os.environ.setdefault("AUTOCOMPRESS_CACHE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "autocompress"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads on an idle 2-core machine; OMP_NUM_THREADS=1 on a loaded one, where two threads of
+# each torch op spin-wait for each other (the fast suite ran ~10x slower so next to a benchmark)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -26,26 +28,36 @@ def trained_tiny(digits):
     return model.eval()
 
 
-@pytest.fixture(autouse=True)
-def shared_ray(request):
-    """One local Ray for the whole session: a search started in this process uses it and leaves
-    it running (a search starts and stops its own Ray only where none is running), which saves
-    every in-process search Ray's start and stop. Tests marked ``own_ray`` get none."""
+def _start_shared_ray() -> None:
+    """One local Ray for the rest of the session: a search started in this process uses it and
+    leaves it running (a search starts and stops its own Ray only where none is running), which
+    saves every in-process search Ray's start and stop."""
     import ray
 
-    if request.node.get_closest_marker("own_ray"):
-        if ray.is_initialized():
-            ray.shutdown()
-        yield
+    if ray.is_initialized():
         return
-    if not ray.is_initialized():
-        import logging
+    import logging
 
-        import autocompress.search._tune  # noqa: F401 - its environment settings come first
+    import autocompress.search._tune  # noqa: F401 - its environment settings come first
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 configure_logging=True)
-    yield
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             configure_logging=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Ray only for the tests that need it: those marked ``ray`` (an in-process search) get the
+    session's shared local Ray, started here, before any of their fixtures, so that a
+    module-scoped search fixture finds it; tests marked ``own_ray`` get none (they connect to
+    their own). Every other test runs without starting Ray; one started earlier stays up."""
+    import sys
+
+    if item.get_closest_marker("own_ray"):
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    elif item.get_closest_marker("ray"):
+        _start_shared_ray()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -9,6 +9,8 @@ import autocompress
 from autocompress.search.rundir import RunDirectory
 from tests.test_search import GENTLE_SPACE, _ds
 
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # two real searches in this process
+
 
 @pytest.fixture(scope="module")
 def two_searches(tmp_path_factory, trained_tiny, digits):

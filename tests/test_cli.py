@@ -4,10 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "tests.tiny_models:tiny_resnet"
@@ -66,9 +67,7 @@ def test_a_killed_search_resumes_without_losing_a_trial(tmp_path):
             "--workers", "1", "--max-acc-drop", "100", "--out", str(run_dir)]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 240
-    while len(_trials(run_dir)) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    wait_until(lambda: len(_trials(run_dir)) >= 2, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _trials(run_dir)

@@ -3,11 +3,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
+from tests.waiting import wait_until
 from tests.test_cli import ROOT, TINY, _trials, cli
 
 
@@ -93,9 +93,7 @@ def test_ctrl_c_stops_cleanly_keeps_the_trials_and_prints_the_resume_command(tmp
     proc = subprocess.Popen([sys.executable, "-m", "autocompress.cli", "search", "--model", TINY, "--trials", "30",
                              "--workers", "1", "--max-acc-drop", "100", "--out", str(run)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while len(_trials(run)) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    wait_until(lambda: len(_trials(run)) >= 1, proc)
     proc.send_signal(signal.SIGINT)
     try:
         out, err = proc.communicate(timeout=120)

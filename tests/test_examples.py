@@ -13,6 +13,8 @@ import yaml
 
 from tests.test_cli import ROOT, TINY
 
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # each example runs a real search in this process
+
 SMALL = ["--trials", "2", "--workers", "1", "--val-samples", "150", "--max-acc-drop", "100"]
 EXAMPLES = {
     "api_quickstart": ["--model", TINY, *SMALL],

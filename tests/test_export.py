@@ -54,6 +54,7 @@ def test_export_config_csv_and_torchscript_and_apply_reproduce_the_trial(run_dir
     assert f"energy reduction {record['metrics']['energy_reduction']:.2f}x (modeled:tpu-v1)" in r.stdout
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line(run_dir, tmp_path):
     r = cli("export", str(run_dir), "--format", "onnx2", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown format 'onnx2'" in r.stderr

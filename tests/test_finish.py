@@ -70,6 +70,7 @@ def test_race_survivors_are_within_the_limit_first_then_the_closest():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_race_shares_the_budget_and_finishes_the_highest_energy_survivor(tmp_path, digits):
     import autocompress.api as api
     from autocompress.compress import Recovery

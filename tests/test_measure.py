@@ -122,6 +122,7 @@ def test_a_measured_search_trial_times_before_accuracy_and_rejects_slow_candidat
     assert slow["violations"]["max_latency_ms"] > 0
 
 
+@pytest.mark.slow
 def test_calibrated_profile_predicts_held_out_measurements(tmp_path):
     """A small version of benchmarks/measured_vs_calibrated.py, with a looser bound."""
     import autocompress

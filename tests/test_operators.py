@@ -184,6 +184,7 @@ def test_full_spaces_turn_every_knob_into_a_model(model, space):
     assert resolve(table, config).params == _compute_params(built)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ZOO)
 def test_8_bits_keep_top1_and_2_bits_visibly_degrade_it_on_every_zoo_model(model, digits):
     """Each zoo model (narrow, trained briefly on digits; VGG on digits upsampled to 32 px, as its

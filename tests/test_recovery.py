@@ -54,6 +54,7 @@ def test_fake_quant_forward_is_the_export_grid_and_passes_gradients_straight_thr
         assert torch.equal(y, q(x))  # training forward = the exact one
 
 
+@pytest.mark.slow
 def test_quantisation_aware_finetuning_beats_finetune_then_quantise_at_2_bits(trained_tiny, table, digits):
     cfg = CompressionConfig(layers={n: LayerConfig(wbits=2, abits=4) for n in table.names})
     acc = {}
@@ -63,6 +64,7 @@ def test_quantisation_aware_finetuning_beats_finetune_then_quantise_at_2_bits(tr
     assert acc[True] > acc[False] + 0.2, acc
 
 
+@pytest.mark.slow
 def test_the_finished_qat_model_holds_exactly_the_integers_quantize_weights_gives(trained_tiny, table, digits,
                                                                                   monkeypatch):
     cfg = CompressionConfig(layers={n: LayerConfig(wbits=3, abits=6) for n in table.names}, fold_batchnorm=True)

@@ -6,13 +6,14 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+
+from tests.waiting import wait_until
 
 from autocompress import UserError
 from autocompress.search.rundir import RunDirectory, pareto_of, trials_frame
@@ -141,17 +142,19 @@ def _big(path: Path) -> Path:
     return path
 
 
-def test_oversized_profiles_spaces_and_configs_are_refused_before_parsing(tmp_path):
+def test_oversized_profiles_spaces_and_configs_are_refused_before_parsing(tmp_path, monkeypatch):
     from autocompress.config import CompressionConfig
     from autocompress.hardware import load_profile
     from autocompress.space import load_space
 
+    def parsed(*a, **k):
+        raise AssertionError("an oversized file reached the YAML parser")
+
+    monkeypatch.setattr(yaml, "safe_load", parsed)
     path = _big(tmp_path / "big.yaml")
     for load in (load_profile, load_space, CompressionConfig.load):
-        t0 = time.perf_counter()
         with pytest.raises(UserError, match="larger than the 10 MiB limit"):
             load(str(path))
-        assert time.perf_counter() - t0 < 2  # refused without parsing
 
 
 def test_a_yaml_alias_bomb_is_refused(tmp_path):
@@ -262,6 +265,7 @@ def _holding(session: str) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.own_ray
 def test_a_killed_search_leaves_no_ray_process_of_its_own():
     proc = subprocess.Popen([sys.executable, "-c", _DRIVER], cwd=ROOT, stdout=subprocess.PIPE,
@@ -271,9 +275,9 @@ def test_a_killed_search_leaves_no_ray_process_of_its_own():
     assert _holding(session)  # Ray's processes run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 30
-    while _holding(session) and time.time() < deadline:
-        time.sleep(0.5)
+    # the reaper polls its parent; on a loaded machine it may take a while, so wait on the
+    # processes themselves (a hang fails after tests.waiting.HUNG_S)
+    wait_until(lambda: not _holding(session))
     assert not _holding(session), "Ray processes of the killed search are still running"
 
 

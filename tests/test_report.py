@@ -34,6 +34,7 @@ def _pareto(run_dir):
     return json.loads((run_dir / "pareto.json").read_text())
 
 
+@pytest.mark.slow
 def test_search_prints_progress_and_carbon_table_without_ray_tables(search_run):
     run_dir, r = search_run
     out = r.stdout
@@ -52,6 +53,7 @@ def test_search_prints_progress_and_carbon_table_without_ray_tables(search_run):
     assert f"report: {run_dir / 'report.html'}" in " ".join(out.split())
 
 
+@pytest.mark.slow
 def test_report_html_is_self_contained_and_embeds_the_png_plots(search_run):
     run_dir, _ = search_run
     page = (run_dir / "report.html").read_text()
@@ -67,6 +69,7 @@ def test_report_html_is_self_contained_and_embeds_the_png_plots(search_run):
     assert "<link" not in page and "@import" not in page
 
 
+@pytest.mark.slow
 def test_carbon_figures_follow_from_the_recorded_energy_and_the_search_energy(search_run):
     from autocompress.report import build_report
 
@@ -94,6 +97,7 @@ def test_carbon_figures_follow_from_the_recorded_energy_and_the_search_energy(se
         assert row["footprint_g"] == pytest.approx(fp, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_per_layer_view_adds_up_to_the_trials_recorded_energy(search_run):
     from autocompress.report import build_report
 
@@ -119,6 +123,7 @@ def test_per_layer_view_adds_up_to_the_trials_recorded_energy(search_run):
     assert cli("report", str(run_dir)).returncode == 0  # leave the default report for the other tests
 
 
+@pytest.mark.slow
 def test_report_command_recomputes_carbon_for_another_grid(search_run, tmp_path):
     from autocompress.carbon import country_intensity
 
@@ -137,6 +142,7 @@ def test_report_command_recomputes_carbon_for_another_grid(search_run, tmp_path)
     assert re.search(rf"│\s+base │.*│\s+{expected:.4g} │", r.stdout)
 
 
+@pytest.mark.slow
 def test_report_on_a_killed_run_shows_what_it_had(search_run, tmp_path):
     run_dir, _ = search_run
     killed = tmp_path / "killed"
@@ -154,6 +160,7 @@ def test_report_on_a_killed_run_shows_what_it_had(search_run, tmp_path):
     assert shown and shown <= {json.loads(x)["trial"] for x in lines[:2]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--pue", "0.5"], "--pue must be at least 1"),
     (["--grid-gco2-kwh", "-3"], "--grid-gco2-kwh must be 0 or more"),
@@ -175,6 +182,7 @@ def test_report_on_a_directory_that_is_not_a_run(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium); "
                                              "the rendered report cannot be checked in a browser")
 def test_report_renders_in_headless_chromium(search_run, tmp_path):

@@ -55,6 +55,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_apply_run_reproduces_a_cifar_style_trial_with_the_runs_own_data_settings(cifar_style_run, tmp_path):
     run_dir, _, env = cifar_style_run
     settings = json.loads((run_dir / "settings.json").read_text())["inputs"]
@@ -77,6 +78,7 @@ def test_apply_run_reproduces_a_cifar_style_trial_with_the_runs_own_data_setting
     assert r.returncode == 2 and "--run RUN_DIR --pick TRIAL" in r.stderr
 
 
+@pytest.mark.slow
 def test_search_shows_baseline_progress_and_separates_preparation_from_trials(cifar_style_run):
     _, r, _ = cifar_style_run
     out = " ".join(r.stdout.split())
@@ -94,6 +96,7 @@ def test_time_left_comes_from_the_trials_own_durations():
     assert _left_estimate([], 6, 1) == "-" and _left_estimate(records, 2, 1) == "0:00:00"
 
 
+@pytest.mark.slow
 def test_the_pareto_table_fits_100_columns(cifar_style_run):
     import pandas as pd
     from rich.console import Console
@@ -127,6 +130,7 @@ def test_the_pareto_table_fits_100_columns(cifar_style_run):
     assert plural(1, "trial") == "1 trial" and plural(2, "candidate") == "2 candidates"
 
 
+@pytest.mark.slow
 def test_report_html_has_an_interactive_pareto_front_and_the_next_step_commands(cifar_style_run):
     run_dir, r, _ = cifar_style_run
     page = (run_dir / "report.html").read_text()
@@ -151,6 +155,7 @@ def test_report_html_has_an_interactive_pareto_front_and_the_next_step_commands(
     assert "pruning ratio (channel group)" in head and "_" not in head
 
 
+@pytest.mark.slow
 def test_run_directory_files_have_one_mode(cifar_style_run):
     run_dir, _, _ = cifar_style_run
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir() if p.is_file()}
