@@ -10,7 +10,12 @@ from importlib import import_module
 
 from autocompress._errors import NothingFeasible, UserError
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml), as `autocompress --version` prints it
+    from importlib.metadata import version as _dist_version
+
+    __version__ = _dist_version("autocompress")
+except Exception:  # noqa: BLE001 - run from a tree that is not installed
+    __version__ = "0.1.0"
 
 _WHERE = {
     **{name: "autocompress.api" for name in ("search", "finetune", "compress", "profile", "load_target", "calibrate",

@@ -324,7 +324,8 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            log: Callable[[str], None] = print, on_trial: Callable[[dict, list[dict]], None] | None = None,
            prepared: Prepared | None = None, raise_if_infeasible: bool = True,
            grid_gco2_kwh: float | None = None, pue: float | None = None, country: str | None = None,
-           measure_energy: bool = True, report: bool = True) -> SearchResult:
+           measure_energy: bool = True, report: bool = True,
+           run_files: dict[str, str] | None = None) -> SearchResult:
     """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
 
     ``model`` is a zoo name, ``module:callable`` or an nn.Module (used as trained); data is
@@ -334,7 +335,8 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     ``grid_gco2_kwh`` / ``country`` and ``pue`` set the report's carbon figures (defaults: the
     world-average grid and the industry-average PUE, see :mod:`autocompress.carbon`);
     ``measure_energy`` tracks the search's own energy (codecarbon); ``report`` writes
-    report.html and its plots into the run directory at the end.
+    report.html and its plots into the run directory at the end. ``run_files`` (name -> text) are
+    written into a new run directory beside settings.json (the CLI's search.yaml).
     """
     from autocompress.carbon import carbon_settings
     from autocompress.search.problem import OBJECTIVES
@@ -406,6 +408,10 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
                         "carbon": {**carbon.to_dict(), "country": country}}
             try:
                 rundir.create(settings, baseline)
+                from autocompress.utils import atomic_write_text
+
+                for name, text in (run_files or {}).items():
+                    atomic_write_text(rundir.path / name, text)
             except OSError as e:
                 raise UserError(f"cannot write the run directory {rundir.path}: {e.strerror or e}") from None
         if not (rundir.path / "layers.json").exists():
@@ -479,7 +485,8 @@ def profile(model: str | nn.Module = "resnet18", target: str | HardwareProfile =
               "energy_mj": cost.energy_j * 1e3, "origin": cost.origin,
               "precision": "reference ({}-bit weights, {}-bit activations)".format(
                   prep.profile.reference_precision.weights, prep.profile.reference_precision.activations)
-              if config is None else "as configured"}
+              if config is None else "as configured",
+              "assumed": dict(prep.profile.assumed)}  # figures an imported file did not give (scalesim:, zigzag:)
     return frame, totals
 
 

@@ -53,31 +53,62 @@ class CarbonSettings:
         return f"{self.grid_gco2_kwh:g} gCO2e/kWh, PUE {self.pue:g}"
 
 
+#: where codecarbon 2.x-3.x bundles the table; read directly only by a codecarbon without DataSource
+_ENERGY_MIX_FILE = "data/private_infra/global_energy_mix.json"
+
+
 @lru_cache(maxsize=1)
 def _energy_mix() -> dict:
-    """codecarbon's per-country electricity data (Our World in Data), keyed by ISO 3166 alpha-3."""
-    from importlib.resources import files
+    """codecarbon's per-country electricity data (Our World in Data), keyed by ISO 3166 alpha-3.
 
-    return json.loads(files("codecarbon").joinpath("data/private_infra/global_energy_mix.json").read_text())
+    codecarbon's declared public API is its trackers, which take a country but do not give its
+    intensity; the table comes through ``codecarbon.input.DataSource.get_global_energy_mix_data``,
+    the accessor its own trackers price a country's grid with (it knows where the file lives in
+    each release). Only where that accessor is missing is the bundled file read by its path."""
+    try:
+        from codecarbon.input import DataSource
+    except ImportError:
+        DataSource = None
+    if DataSource is not None and hasattr(DataSource, "get_global_energy_mix_data"):
+        mix = DataSource().get_global_energy_mix_data()
+    else:
+        from importlib.resources import files
+
+        mix = json.loads(files("codecarbon").joinpath(_ENERGY_MIX_FILE).read_text())
+    if not isinstance(mix, dict) or not mix:
+        raise ValueError("codecarbon's energy mix is not a table of countries")
+    return mix
+
+
+def _intensity(entry) -> float | None:
+    """A country's gCO2e/kWh from its entry, or None when it holds no usable figure."""
+    try:
+        value = float(entry["carbon_intensity"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def country_intensity(country: str) -> tuple[float, str]:
     """Grid intensity (gCO2e/kWh) of a country by its ISO 3166 alpha-3 code, and its source."""
     try:
         mix = _energy_mix()
-    except Exception as e:  # noqa: BLE001 - codecarbon missing or its data moved
+    except Exception as e:  # noqa: BLE001 - codecarbon missing, its data moved or malformed
         raise UserError(f"--country needs codecarbon's country data ({type(e).__name__}); give --grid-gco2-kwh instead") from None
     code = country.strip().upper()
     entry = mix.get(code)
-    if entry is None or entry.get("carbon_intensity") is None:
+    grid = _intensity(entry)
+    if grid is None:
         import difflib
 
-        names = {v.get("country_name", "").lower(): k for k, v in mix.items()}
+        names = {str(v.get("country_name", "")).lower(): k for k, v in mix.items() if isinstance(v, dict)}
         close = difflib.get_close_matches(country.lower(), list(names), n=1)
         hint = f" (did you mean {names[close[0]]}, {close[0].title()}?)" if close else ""
+        if isinstance(entry, dict):
+            raise UserError(f"codecarbon has no grid intensity for {code}; give --grid-gco2-kwh instead")
         raise UserError(f"unknown country {country!r}: give an ISO 3166 alpha-3 code such as USA, FRA, DEU{hint}")
-    return float(entry["carbon_intensity"]), (f"{entry.get('country_name', code)} {entry.get('year', '')} grid "
-                                              "(Our World in Data, as bundled in codecarbon)")
+    return grid, (f"{entry.get('country_name', code)} {entry.get('year', '')} grid "
+                  "(Our World in Data, as bundled in codecarbon)")
 
 
 def carbon_settings(grid_gco2_kwh: float | None = None, pue: float | None = None, country: str | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -38,15 +39,27 @@ _no_bool_metavar()
 ALGORITHM_HELP = ("nsga2 (Optuna NSGA-II, the default), tpe, random (Optuna); pymoo-nsga2, pymoo-nsga3 (pymoo); "
                   "surrogate (an accuracy predictor fitted on a sensitivity pass proposes candidates over the cost model)")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# add_completion: typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best way to compress a neural network for a given piece of hardware.")
+
+
+def installed_version() -> str:
+    """The installed distribution's version (what pip shows, set in pyproject.toml); the
+    package's own ``__version__`` when it runs from a tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autocompress")
+    except PackageNotFoundError:
+        from autocompress import __version__
+
+        return __version__
 
 
 def _version(value: bool) -> None:
     if value:
-        from autocompress import __version__
-
-        print(f"autocompress {__version__}")
+        print(f"autocompress {installed_version()}")
         raise typer.Exit()
 
 
@@ -89,11 +102,113 @@ def _left_estimate(records: list[dict], total: int, workers: int) -> str:
     return "~" + _duration(sum(seconds) / len(seconds) * -(-todo // at_once))
 
 
+#: search options a settings file cannot hold (a file describes a search, not which run to resume)
+_NOT_IN_SEARCH_CONFIG = ("config_file", "resume")
+#: nor does RUN/search.yaml: repeating a run must not write into the same run directory
+_NOT_SAVED = (*_NOT_IN_SEARCH_CONFIG, "out")
+SEARCH_CONFIG_FILE = "search.yaml"
+
+
+def _config_keys(command) -> dict[str, str]:
+    """Key of a settings file (a flag name, with - or _) -> the option's parameter name."""
+    keys = {}
+    for param in command.params:
+        if getattr(param, "param_type_name", "") != "option" or param.name in _NOT_IN_SEARCH_CONFIG:
+            continue
+        for spelling in (param.name, *param.opts):
+            keys[spelling.lstrip("-").replace("-", "_")] = param.name
+    return keys
+
+
+def _flag_value(value):
+    """A file's list or mapping as the flag writes it: [a, b] -> "a,b"; {cpu: 2} -> "cpu=2"."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return value
+
+
+def read_search_config(path: Path, command) -> dict:
+    """The settings of a ``--config`` file (YAML or JSON, capped in size like every input) by
+    parameter name; an unknown key is one error line that lists the valid ones."""
+    import yaml
+
+    from autocompress._errors import unknown_name
+    from autocompress.utils import read_input_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(read_input_text(path, "search settings"))  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise UserError(f"{path.name}: not valid YAML or JSON: {' '.join(str(e).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path.name}: expected a mapping of search flags (e.g. trials: 8), got {type(data).__name__}")
+    keys = _config_keys(command)
+    valid = sorted({p.opts[0].lstrip("-") for p in command.params if p.name in keys.values()})
+    settings: dict = {}
+    for key, value in data.items():
+        name = keys.get(str(key).lstrip("-").replace("-", "_"))
+        if name is None:
+            raise UserError(f"{path.name}: {unknown_name('search setting', str(key).replace('_', '-'), valid)}")
+        if name in settings:
+            raise UserError(f"{path.name}: {key!r} is given twice (as - and _ spellings of one flag)")
+        settings[name] = _flag_value(value)
+    return settings
+
+
+def _search_config(ctx: typer.Context, path: Optional[Path]) -> Optional[Path]:
+    """--config FILE: its values become the defaults of the search's options (click's
+    default_map), so a flag on the command line still wins and every value is checked and
+    converted exactly as the flag's would be. Eager: it runs before the other options read theirs."""
+    if path is not None and not ctx.resilient_parsing:  # resilient: shell completion, read nothing
+        ctx.default_map = {**(ctx.default_map or {}), **read_search_config(path, ctx.command)}
+    return path
+
+
+def _as_saved(name: str, value):
+    """A value for RUN/search.yaml that means the same from another working directory."""
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if name in ("space", "target") and isinstance(value, str) and Path(value).is_file():
+        return str(Path(value).resolve())
+    if name == "data" and isinstance(value, str) and ":" in value:
+        kind, _, where = value.partition(":")
+        if where and Path(where).exists():
+            return f"{kind}:{Path(where).resolve()}"
+    return value
+
+
+def search_config_text(ctx: typer.Context) -> str:
+    """RUN/search.yaml: every search flag as this run resolved it (command line over --config
+    over the defaults; unset ones left out), keyed by flag name."""
+    import yaml
+
+    saved = {}
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if getattr(param, "param_type_name", "") == "option" and param.name not in _NOT_SAVED and value is not None:
+            saved[param.opts[0].lstrip("-")] = _as_saved(param.name, value)
+    return ("# the settings of this search (command line over --config over the defaults)\n"
+            f"# repeat it: autocompress search --config {SEARCH_CONFIG_FILE} [--out NEW_RUN_DIR]; a flag given "
+            "beside --config wins\n" + yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
+
+
 @app.command()
 def search(
+    ctx: typer.Context,
+    config_file: Optional[Path] = typer.Option(None, "--config", is_eager=True, callback=_search_config,
+                                               help="YAML or JSON file of search flags (keys: the flag names, e.g. "
+                                                    "trials: 8, max-acc-drop: 0.5); flags given here win. Each "
+                                                    f"run saves its own as RUN_DIR/{SEARCH_CONFIG_FILE}"),
     model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
-    target: str = typer.Option("tpu-v1", help="hardware profile name, path to a profile YAML, or a measured "
-                               "target: cpu-local (options after a colon: threads=N, batch=N, "
+    target: str = typer.Option("tpu-v1", help="hardware profile name, path to a profile YAML, scalesim:FILE.cfg or "
+                               "zigzag:FILE.yaml (another tool's hardware file), or a measured target: cpu-local "
+                               "(options after a colon: threads=N, batch=N, "
                                "runtime=onnxruntime|torch; e.g. cpu-local:threads=2,batch=1) or cuda-local"),
     data: str = typer.Option("digits", help="digits (built in) or imagefolder:PATH"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load; without it a baseline is trained and cached"),
@@ -134,12 +249,15 @@ def search(
                               "report.html and pareto.csv have them all either way"),
 ):
     """Search compressions of a model for a target; print the Pareto set and write the report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+    from autocompress._progress import LoggedProgress  # plain lines when the output is a log
     import autocompress.api as api
     from autocompress.compress import Recovery
     from autocompress.search import Constraints
 
+    if resume is not None and config_file is not None:
+        raise UserError("--resume takes the settings from the run directory; drop --config")
     if resume is not None:  # the run directory knows what was searched
         args = api.resume_arguments(resume)
         model, data, target, space = args["model"], args["data"], args["target"], args["space"]
@@ -188,11 +306,12 @@ def search(
     from autocompress.hardware import MeasuredTarget
 
     at_once = 1 if isinstance(prep.profile, MeasuredTarget) and workers is None else run_settings.workers
-    progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("feasible {task.fields[feasible]}"),
-                        TextColumn("best feasible energy reduction {task.fields[best]}"),
-                        TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left {task.fields[left]}"),
-                        console=console)
+    # every=0: a plain line per finished trial when the output is a log, not a terminal
+    progress = LoggedProgress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("feasible {task.fields[feasible]}"),
+                              TextColumn("best feasible energy reduction {task.fields[best]}"),
+                              TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left {task.fields[left]}"),
+                              console=console, every=0)
     task = progress.add_task("search", total=trials, feasible=0, best="-", left="-")
 
     def on_trial(record, records):
@@ -215,7 +334,8 @@ def search(
                                 recovery=recovery, metric=metric, clip_range=clip, workers=workers,
                                 cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address,
                                 out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
-                                grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country)
+                                grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country,
+                                run_files=None if resume is not None else {SEARCH_CONFIG_FILE: search_config_text(ctx)})
     except NothingFeasible as e:
         _print_result(e.result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
         raise
@@ -229,14 +349,15 @@ def search(
 def _prepare_with_progress(api, model, data, target, **kwargs):
     """``api.prepare`` with a progress bar for the baseline's training (epochs and loss), which
     can take minutes on a busy machine."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
+    from autocompress._progress import LoggedProgress  # plain lines when the output is a log
     from autocompress.baseline import BaselineTraining
 
     epochs = BaselineTraining().epochs
-    bar = Progress(TextColumn("baseline training"), BarColumn(), TextColumn("epoch {task.fields[epoch]}"),
-                   TextColumn("step {task.completed:.0f}/{task.total:.0f}"), TextColumn("loss {task.fields[loss]}"),
-                   TextColumn("elapsed"), TimeElapsedColumn(), console=console, transient=True)
+    bar = LoggedProgress(TextColumn("baseline training"), BarColumn(), TextColumn("epoch {task.fields[epoch]}"),
+                         TextColumn("step {task.completed:.0f}/{task.total:.0f}"), TextColumn("loss {task.fields[loss]}"),
+                         TextColumn("elapsed"), TimeElapsedColumn(), console=console, transient=True)
     task = None
 
     def on_step(step: int, steps: int, loss: float) -> None:
@@ -400,10 +521,28 @@ def targets():
                   "autocompress calibrate fits a profile to cpu-local measurements.")
 
 
+class SchemaName(str, Enum):
+    profile = "profile"
+    space = "space"
+
+
+@app.command("schema")
+def schema_cmd(name: SchemaName = typer.Argument(..., help="profile (a hardware profile, --target FILE) or "
+                                                            "space (a search space, --space FILE)")):
+    """Print the JSON Schema of a hardware profile or search space file (for editors and CI checks)."""
+    if name is SchemaName.profile:
+        from autocompress.hardware.profile import HardwareProfile as model
+    else:
+        from autocompress.space import SearchSpace as model
+    # pydantic writes draft 2020-12; saying so lets editors (YAML language servers) pick the validator
+    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **model.model_json_schema()},
+                     indent=1))
+
+
 @app.command()
 def profile(
     model: str = typer.Option("resnet18", help="zoo name or module.path:callable"),
-    target: str = typer.Option("tpu-v1", help="hardware profile name or YAML path"),
+    target: str = typer.Option("tpu-v1", help="hardware profile name or YAML path, scalesim:FILE.cfg or zigzag:FILE.yaml"),
     input_shape: Optional[str] = typer.Option(None, help="e.g. 3x224x224 (default: the data's shape)"),
     num_classes: Optional[int] = typer.Option(None, help="classifier outputs (default: the data's, or 1000 with --input-shape)"),
     data: str = typer.Option("digits", help="data set that sets the input shape when --input-shape is not given"),
@@ -423,14 +562,21 @@ def profile(
     from rich import box
 
     t.box, t.pad_edge, t.padding = box.SIMPLE_HEAD, False, (0, 1, 0, 0)  # no vertical rules: full layer names in 100 columns
-    for col in ("layer", "kind", "MACs", "params", "bits\nw/a", "latency\nms", "energy\nmJ", "util\n%", "bound"):
-        t.add_column(col, justify="left" if col in ("layer", "kind", "bound") else "right", no_wrap=True)
+    for col in ("layer", "kind", "MACs", "params", "bits\nw/a", "latency\nms", "energy\nmJ", "util\n%", "on\nchip",
+                "bound"):
+        t.add_column(col, justify="left" if col in ("layer", "kind", "bound", "on\nchip") else "right", no_wrap=True)
     for _, r in frame.iterrows():
+        # which of the layer's weights, inputs and outputs live on chip (the placement column: w/i/o on or off)
+        on_chip = "".join(x for x, at in zip("wio", str(r.get("placement", "")).split("/")) if at == "on") or "-"
         t.add_row(r["layer"], r["kind"], f"{r['macs']:,}", f"{r['params']:,}", f"{r['wbits']}/{r['abits']}",
-                  f"{r['latency_ms']:.4f}", f"{r['energy_mj']:.4f}", f"{100 * r['utilization']:.1f}", r["bound"])
+                  f"{r['latency_ms']:.4f}", f"{r['energy_mj']:.4f}", f"{100 * r['utilization']:.1f}", on_chip,
+                  r["bound"])
     t.add_row("total", "", f"{totals['macs']:,}", f"{totals['params']:,}", "", f"{totals['latency_ms']:.4f}",
-              f"{totals['energy_mj']:.4f}", "", "", style="bold")
+              f"{totals['energy_mj']:.4f}", "", "", "", style="bold")
     console.print(t)
+    console.print("on chip: the layer's weights (w), inputs (i), outputs (o) that live on chip (--json names the levels)")
+    for key, why in totals.get("assumed", {}).items():
+        console.print(f"assumed {key}: {why}")
     console.print(f"{totals['macs'] / 1e9:.3f} GMACs, {totals['params'] / 1e6:.2f} M parameters "
                   f"(all parameters of the model); latency and energy {totals['origin']}")
 
@@ -506,8 +652,9 @@ def finetune(
 ):
     """Train a chosen candidate to its final accuracy and measure it on the test split the search
     never saw; writes the model (TorchScript, QDQ ONNX) and its figures to RUN_DIR/finished/."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from autocompress._progress import LoggedProgress  # plain lines when the output is a log
     import autocompress.api as api
     from autocompress.finish import pick_record
 
@@ -518,9 +665,9 @@ def finetune(
     if race < 1:
         raise UserError(f"--race must be at least 1 (no race), not {race}")
     pick_record(run_dir, pick, max_acc_drop)  # a bad run directory or pick fails before anything loads
-    progress = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                        TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                        console=console)
+    progress = LoggedProgress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                              TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                              console=console)
     task = progress.add_task("finetune", total=1, loss="-")
     with progress:
         result = api.finetune(run_dir, pick, epochs=epochs, steps=steps, lr=lr, max_acc_drop=max_acc_drop,
@@ -555,8 +702,9 @@ def sensitivity_cmd(
 ):
     """Damage of every value of every searchable knob alone (accuracy drop and KL to the
     uncompressed logits); cached, so a later --algorithm surrogate search reuses it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+    from autocompress._progress import LoggedProgress  # plain lines when the output is a log
     import autocompress.api as api
     from autocompress.search.sensitivity import sensitivity
 
@@ -565,8 +713,8 @@ def sensitivity_cmd(
     prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
                                   normalize=normalize)
     bound, evaluator = prep.space(space), prep.evaluator()
-    progress = Progress(TextColumn("sensitivity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=as_json)
+    progress = LoggedProgress(TextColumn("sensitivity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              console=console, disable=as_json)
     task = progress.add_task("sensitivity", total=None)
     with progress:
         sens = sensitivity(bound, evaluator, samples=samples,
@@ -698,15 +846,16 @@ def calibrate(
     out: Path = typer.Option(..., help="profile YAML to write (use it as --target FILE)"),
 ):
     """Time compressed variants of a model on this machine and fit a hardware profile to them."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+    from autocompress._progress import LoggedProgress  # plain lines when the output is a log
     import autocompress.api as api
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {str(out.parent)!r} does not exist")
     measured = api.check_calibration(target, samples)  # bad input fails before anything is built
     console.print(f"[bold]autocompress[/] calibrate: {samples} variants of {model} at {input_shape} on {measured.origin}")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              console=console)
     task = progress.add_task("build and time", total=1)
     with progress:
         result = api.calibrate(model, measured, out=out, samples=samples, input_shape=input_shape,
@@ -731,9 +880,36 @@ def torch_zeros(shape):
     return torch.zeros((1, *shape))
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """click's exception class ``name`` and its copy in typer >= 0.29 (``typer._click``), where
+    each exists: the app raises the copy's, an older typer (or a click-based plug-in) click's."""
+    from importlib import import_module
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _usage_line(error, argv: list[str]) -> str:
+    """A usage error as one line (click prints usage, a hint and the error on four)."""
+    ctx = getattr(error, "ctx", None)
+    path = getattr(ctx, "command_path", "") if ctx is not None else ""
+    if not path:  # typer's own parser raises some errors without a context: the command from argv
+        commands = typer.main.get_command(app).commands
+        path = " ".join(["autocompress", *[a for a in argv if a in commands][:1]])
+    message = " ".join(error.format_message().split())
+    return f"error: {message.rstrip('.')}; try: {path} --help"
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # prog_name: usage lines and the completion variable (_AUTOCOMPRESS_COMPLETE) say
+        # "autocompress" however it was started (the script, python -m autocompress)
+        app(prog_name="autocompress", standalone_mode=False)
     except UserError as e:
         _fail(f"error: {e}", 2)
     except NothingFeasible as e:
@@ -743,11 +919,12 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # usage errors: click's, or the copy of click that typer >= 0.29 vendors
-        names = {cls.__name__ for cls in type(e).__mro__}
-        if "ClickException" in names and hasattr(e, "show"):
-            e.show()
-            sys.exit(getattr(e, "exit_code", 2))
-        if "Abort" in names:
+        if isinstance(e, _click_classes("NoArgsIsHelpError")):
+            e.show()  # bare `autocompress`: the help text, as no_args_is_help asks
+            sys.exit(2)
+        if isinstance(e, _click_classes("ClickException")):
+            _fail(_usage_line(e, sys.argv[1:]), 2)  # bad input, like a UserError
+        if isinstance(e, _click_classes("Abort")):
             sys.exit(130)
         raise
 

@@ -63,6 +63,38 @@ def test_country_lookup_takes_iso3_codes():
     assert country_intensity("DEU")[0] > country_intensity("FRA")[0]  # coal vs nuclear
 
 
+@pytest.mark.parametrize("code", ["FRA", "DEU", "USA", "IND"])
+def test_a_countrys_intensity_is_the_one_codecarbons_trackers_use(code):
+    """The table comes through codecarbon's DataSource: the figure is what its own emissions
+    code charges for one kWh in that country."""
+    emissions = pytest.importorskip("codecarbon.core.emissions")
+    from codecarbon.core.units import Energy
+    from codecarbon.external.geography import GeoMetadata
+    from codecarbon.input import DataSource
+
+    kg = emissions.Emissions(DataSource()).get_country_emissions(Energy.from_energy(kWh=1),
+                                                                 GeoMetadata(country_iso_code=code))
+    assert country_intensity(code)[0] == pytest.approx(kg * 1000)
+
+
+def test_a_malformed_country_table_is_one_user_error(monkeypatch):
+    from autocompress import carbon
+
+    monkeypatch.setattr(carbon, "_energy_mix", lambda: {"FRA": {"country_name": "France", "carbon_intensity": "n/a"},
+                                                        "DEU": "not an entry"})
+    with pytest.raises(UserError, match="codecarbon has no grid intensity for FRA"):
+        country_intensity("fra")
+    with pytest.raises(UserError, match="unknown country 'DEU'"):
+        country_intensity("DEU")
+
+    def broken():
+        raise ValueError("codecarbon's energy mix is not a table of countries")
+
+    monkeypatch.setattr(carbon, "_energy_mix", broken)
+    with pytest.raises(UserError, match="--country needs codecarbon's country data"):
+        country_intensity("FRA")
+
+
 def test_search_energy_parts_add_up_across_sessions_and_say_how(tmp_path):
     first = SearchEnergyMeter(tmp_path).start()
     time.sleep(0.3)
