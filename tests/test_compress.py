@@ -65,13 +65,38 @@ def test_applying_a_config_twice_gives_identical_weights(resnet):
 def test_weight_quantisation_is_symmetric_per_channel_with_2_pow_b_minus_1_levels():
     torch.manual_seed(0)
     w = torch.randn(8, 4, 3, 3)
-    for bits in (2, 4, 8):
+    for bits in (2, 3, 4, 8):
         q = w.clone()
         scale = quantize_weight_(q, bits)
         ints = (q.reshape(8, -1) / scale[:, None]).round()
         assert ints.abs().max() <= 2 ** (bits - 1) - 1
         assert torch.allclose(ints * scale[:, None], q.reshape(8, -1), atol=1e-6)
-        assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
+        if bits >= 3:  # max-abs grid: every weight within half a step
+            assert torch.allclose(scale, w.reshape(8, -1).abs().amax(1) / (2 ** (bits - 1) - 1))
+            assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
+
+
+def test_2_bit_weights_are_clipped_to_the_least_l4_error_and_training_keeps_that_grid():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    q = w.clone()
+    scale = quantize_weight_(q, 2)
+    amax = w.abs().amax(1)
+    assert (scale < amax).all()  # clipped: a max-abs ternary grid rounds nearly everything to 0
+    l4 = lambda a: ((a - w) ** 4).sum(1)  # noqa: E731
+    plain = w.clone()
+    quantize_weight_(plain, 2, ratio=torch.ones(16))
+    assert (l4(q) <= l4(plain) + 1e-6).all() and l4(q).sum() < 0.8 * l4(plain).sum()
+    assert (plain == 0).float().mean() > 0.8 and (q == 0).float().mean() < 0.6
+    # quantisation-aware training searches the ratios once and the export rounds with them
+    from autocompress.compress.quantize import WeightFakeQuant, clip_ratios
+    fq = WeightFakeQuant(2)
+    trained = w * 1.3  # the weights move while training: the ratio found on the first ones stays
+    fq(w)
+    exported = trained.clone()
+    quantize_weight_(exported, 2, ratio=fq.ratio)
+    assert torch.equal(fq(trained), exported)
+    assert torch.equal(fq.ratio, clip_ratios(w, 2))
 
 
 def test_8_bits_keep_accuracy_and_2_bits_visibly_degrade(trained_tiny, digits):

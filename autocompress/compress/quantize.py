@@ -22,21 +22,60 @@ from autocompress.compress.lowrank import compute_layers
 from autocompress.config import FLOAT_BITS
 
 
-def quantize_weight_(weight: torch.Tensor, bits: int, clip: tuple[float, float] | None = None) -> torch.Tensor:
+def quantize_weight_(weight: torch.Tensor, bits: int, clip: tuple[float, float] | None = None,
+                     ratio: torch.Tensor | None = None) -> torch.Tensor:
     """Round ``weight`` in place to ``bits``-bit symmetric per-output-channel values, after
-    clipping it to ``clip`` (min, max) when given."""
+    clipping it to ``clip`` (min, max) when given; ``ratio``: the per-row clipping ratios (the
+    ones quantisation-aware training used), else the least-error ones for these weights."""
     flat = weight.detach().reshape(weight.shape[0], -1)
-    q, scale = _weight_grid(flat, bits, clip)
+    q, scale = _weight_grid(flat, bits, clip, ratio)
     weight.data.copy_((q * scale[:, None]).reshape(weight.shape))
     return scale
 
 
-def _weight_grid(flat: torch.Tensor, bits: int, clip: tuple[float, float] | None):
-    """(integers, per-row scale) of a (out, -1) weight: the one grid training and export share."""
+#: below this many bits a layer's grid is clipped where that lowers the rounding error (its L4
+#: norm): at 2 bits (three levels) a max-abs scale rounds nearly every weight to zero, and a
+#: CIFAR-10 ResNet-18 with 2-bit stages 3-4 fell to 14% (55% with the least squared error, 84%
+#: with the least L4 error, 85% at the best fixed ratio). At 3 bits and more the max-abs grid
+#: did as well or better on that network (93.1% against 92.7% with L4, 91.2% with L2)
+CLIP_BELOW_BITS = 3
+_ERROR_POWER = 4
+#: the clipping ratios (of each row's max-abs) tried
+_RATIOS = torch.linspace(0.15, 1.0, 35)
+
+
+def clip_ratios(flat: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per row of a (out, -1) weight, the ratio of its max-abs that, as the largest level, gives
+    the least rounding error (L4 norm: large weights matter most) at ``bits`` bits (1, i.e.
+    max-abs, from ``CLIP_BELOW_BITS`` bits up)."""
+    rows = flat.shape[0]
+    if bits >= CLIP_BELOW_BITS:
+        return torch.ones(rows, dtype=flat.dtype)
+    qmax = 2 ** (bits - 1) - 1
+    amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+    best_err = torch.full((rows,), float("inf"), dtype=flat.dtype)
+    best = torch.ones(rows, dtype=flat.dtype)
+    with torch.no_grad():
+        for r in _RATIOS.tolist():
+            scale = (amax * r / qmax)[:, None]
+            err = ((torch.clamp(torch.round(flat / scale), -qmax, qmax) * scale - flat).abs() ** _ERROR_POWER).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, torch.full_like(best, r), best)
+    return best
+
+
+def _weight_grid(flat: torch.Tensor, bits: int, clip: tuple[float, float] | None,
+                 ratio: torch.Tensor | None = None):
+    """(integers, per-row scale) of a (out, -1) weight: the one grid training and export share.
+    The scale is ``ratio`` (default: :func:`clip_ratios`) of each row's max-abs over the largest
+    level; a ratio commutes with scaling a row, so folding batch norm keeps the integers."""
     qmax = 2 ** (bits - 1) - 1
     if clip is not None:
         flat = flat.clamp(clip[0], clip[1])
-    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / qmax
+    if ratio is None:
+        ratio = clip_ratios(flat, bits)
+    scale = (flat.abs().amax(dim=1) * ratio).clamp_min(1e-12) / qmax
     return torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax), scale
 
 
@@ -47,12 +86,17 @@ class WeightFakeQuant(nn.Module):
     def __init__(self, bits: int, clip: tuple[float, float] | None = None):
         super().__init__()
         self.bits, self.clip = bits, clip
+        # the clipping ratios, searched once on the first weights seen (a search per step would
+        # cost more than the step) and kept: the export rounds the trained weights with them
+        self.register_buffer("ratio", torch.empty(0))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         flat = w.reshape(w.shape[0], -1)
         if self.clip is not None:
             flat = flat.clamp(self.clip[0], self.clip[1])
-        q, scale = _weight_grid(flat.detach(), self.bits, None)  # the scale is a constant, as at export
+        if self.ratio.numel() != flat.shape[0]:
+            self.ratio = clip_ratios(flat.detach().float(), self.bits).to(flat.dtype)
+        q, scale = _weight_grid(flat.detach(), self.bits, None, self.ratio)  # the scale is a constant, as at export
         return (flat + (q * scale[:, None] - flat).detach()).reshape(w.shape)
 
 
@@ -77,6 +121,9 @@ def remove_weight_fake_quant(layers: list[nn.Module]) -> None:
     from torch.nn.utils import parametrize
 
     for layer in layers:
+        fq = [f for f in layer.parametrizations.weight if isinstance(f, WeightFakeQuant)]
+        if fq and fq[0].ratio.numel():  # quantize_weights rounds on the grid the training saw
+            layer.weight_clip_ratio = fq[0].ratio.detach().clone()
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
 
@@ -155,7 +202,10 @@ def quantize_weights(model: nn.Module, wbits: dict[str, int],
         for layer in layers:
             before = layer.weight.detach().clone()
             # plain attributes, not buffers: the state dict (and TorchScript export) stay as they were
-            layer.weight_scale = quantize_weight_(layer.weight, bits, clip)
+            ratio = getattr(layer, "weight_clip_ratio", None)
+            if ratio is not None and ratio.numel() != layer.weight.shape[0]:
+                ratio = None
+            layer.weight_scale = quantize_weight_(layer.weight, bits, clip, ratio)
             layer.weight_bits = bits
             signal += float((before ** 2).sum())
             noise += float(((before - layer.weight.detach()) ** 2).sum())
