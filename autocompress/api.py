@@ -297,7 +297,7 @@ def resume_arguments(run_dir: str | Path) -> dict:
                 algorithm=s["algorithm"], seed=s["seed"], recovery=Recovery(**old["recovery"]),
                 metric=old["metric"], val_samples=inp.get("val_samples"), val_split=inp.get("val_split"),
                 normalize=inp.get("normalize", "auto"),
-                clip_range=s.get("clip_range"))
+                clip_range=s.get("clip_range"), storage=(old.get("run") or {}).get("storage"))
 
 
 def _fingerprint(prep: Prepared, space: BoundSpace, search_: SearchSettings, recovery: Recovery, metric: str) -> str:
@@ -319,12 +319,12 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            normalize: str = "auto", input_shape=None, num_classes: int | None = None,
            clip_range: tuple[float, float] | None = None,
            workers: int | None = None, cpus_per_trial: float | None = None, gpus_per_trial: float = 0,
-           ray_address: str | None = None,
+           ray_address: str | None = None, storage: str | None = None,
            out: str | Path | None = None, resume: str | Path | None = None,
            log: Callable[[str], None] = print, on_trial: Callable[[dict, list[dict]], None] | None = None,
            prepared: Prepared | None = None, raise_if_infeasible: bool = True,
            grid_gco2_kwh: float | None = None, pue: float | None = None, country: str | None = None,
-           measure_energy: bool = True, report: bool = True,
+           measure_energy: bool = True, report: bool = True, mlflow: str | bool | None = None,
            run_files: dict[str, str] | None = None) -> SearchResult:
     """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
 
@@ -334,6 +334,10 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
 
     ``grid_gco2_kwh`` / ``country`` and ``pue`` set the report's carbon figures (defaults: the
     world-average grid and the industry-average PUE, see :mod:`autocompress.carbon`);
+    ``storage``: an Optuna storage URL for the run's study (default ``sqlite:///RUN/study.db``),
+    which holds every trial whatever the algorithm; ``ray_address`` defaults to ``$RAY_ADDRESS``.
+    ``mlflow`` (a tracking URI, or True / "auto" for $MLFLOW_TRACKING_URI or ./mlflow.db) logs
+    the search to MLflow as it runs (:mod:`autocompress.tracking`).
     ``measure_energy`` tracks the search's own energy (codecarbon); ``report`` writes
     report.html and its plots into the run directory at the end. ``run_files`` (name -> text) are
     written into a new run directory beside settings.json (the CLI's search.yaml).
@@ -364,10 +368,17 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
                              constraints=constraints, clip_range=clip_range)
     if workers is None and isinstance(prepared.profile if prepared else load_target(target), MeasuredTarget):
         workers = 1  # trials timed side by side on one machine would slow each other down
+    if resume is not None and storage is None and (Path(resume) / "settings.json").is_file():
+        storage = (json.loads((Path(resume) / "settings.json").read_text()).get("run") or {}).get("storage")
     run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                       ray_address=ray_address)
+                       ray_address=ray_address, storage=storage)
     recovery = recovery or Recovery()
     carbon = carbon_settings(grid_gco2_kwh, pue, country)  # checked before anything is trained
+    if mlflow:
+        try:
+            import mlflow as _  # noqa: F401
+        except ImportError:
+            raise UserError("mlflow= needs MLflow: pip install 'autocompress[mlflow]'") from None
     if resume is not None:
         rundir = RunDirectory(resume)
         if not (rundir.path / "settings.json").is_file():
@@ -416,16 +427,29 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
                 raise UserError(f"cannot write the run directory {rundir.path}: {e.strerror or e}") from None
         if not (rundir.path / "layers.json").exists():
             rundir.write_layers(prep.table, prep.profile)
+        tracker = None
+        if mlflow:
+            from autocompress.tracking import MlflowTracker
+
+            tracker = MlflowTracker(mlflow, rundir.path, log)
+            tracker.start(rundir.settings, rundir.baseline)
+            tracker.sync(rundir.trials())  # a resume: what the last start did not log
         meter = SearchEnergyMeter(rundir.path, country).start() if measure_energy else None
 
         def on_record(record, records_):
             if meter is not None:
                 meter.update()  # a killed search keeps what it had spent up to its last trial
+            if tracker is not None:
+                tracker.trial(record)
             if on_trial is not None:
                 on_trial(record, records_)
 
         try:
             records = run_search(problem, search_, run_, rundir, on_trial=on_record, log=log)  # writes the tables
+        except BaseException:
+            if tracker is not None:
+                tracker.finish(None, status="KILLED")  # resumable: a resume reopens the same parent run
+            raise
         finally:
             if meter is not None:
                 meter.stop()
@@ -438,6 +462,10 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
             except Exception as e:  # noqa: BLE001 - the search's results are on disk either way
                 log(f"warning: the report could not be written ({type(e).__name__}: {e}); "
                     f"try: autocompress report {rundir.path}")
+        if tracker is not None:
+            uri = tracker.finish(result)
+            if uri:
+                log(f"MLflow: run {tracker.parent} at {tracker.uri}; model {uri}")
         if pareto.empty and raise_if_infeasible:
             raise NothingFeasible(f"no candidate met the constraints; every trial is recorded in "
                                   f"{rundir.path}/trials.csv (loosen a constraint or raise the trial budget)",

@@ -239,7 +239,12 @@ def search(
     workers: Optional[int] = typer.Option(None, help="concurrent trials (default: free cores)"),
     resources_per_trial: Optional[str] = typer.Option(None, help="e.g. cpu=2 or cpu=4,gpu=1 (Ray resources "
                                                       "each trial reserves; default: the cores shared out)"),
-    ray_address: Optional[str] = typer.Option(None, help="run the trials on an existing Ray cluster"),
+    ray_address: Optional[str] = typer.Option(None, help="run the trials on an existing Ray cluster (default: $RAY_ADDRESS)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL for the run's study of every trial "
+                                          "(default sqlite:///RUN/study.db; e.g. postgresql://... on a cluster)"),
+    mlflow: Optional[str] = typer.Option(None, help="log the search to MLflow at this tracking URI as it runs "
+                                         "(auto: $MLFLOW_TRACKING_URI or ./mlflow.db): a parent run, a child run "
+                                         "per trial, the Pareto set, the report and the best model"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<model>-<target>-<time>)"),
     resume: Optional[Path] = typer.Option(None, help="continue a killed search from its run directory"),
     grid_gco2_kwh: Optional[float] = typer.Option(None, help="grid carbon intensity for the report (default: world average 475, IEA 2019)"),
@@ -268,6 +273,7 @@ def search(
         clip = args["clip_range"]
         val_samples, val_split, normalize = args["val_samples"], args["val_split"], args["normalize"]
         finetune_steps = args["recovery"].finetune_steps
+        storage = storage or args["storage"]
     else:
         constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
                                   max_macs=max_macs, max_latency_ms=max_latency_ms,
@@ -292,7 +298,7 @@ def search(
     from autocompress.search import RunSettings
 
     run_settings = RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus,
-                               ray_address=ray_address).resolved()
+                               ray_address=ray_address, storage=storage).resolved()
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
     prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
@@ -333,7 +339,7 @@ def search(
                                 constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
                                 recovery=recovery, metric=metric, clip_range=clip, workers=workers,
                                 cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address,
-                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
+                                storage=storage, mlflow=mlflow, out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
                                 grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country,
                                 run_files=None if resume is not None else {SEARCH_CONFIG_FILE: search_config_text(ctx)})
     except NothingFeasible as e:

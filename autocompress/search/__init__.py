@@ -50,7 +50,8 @@ class RunSettings:
     workers: int | None = None  # concurrent trials; default: the free cores
     cpus_per_trial: float | None = None  # default: the cores shared out among the workers
     gpus_per_trial: float = 0
-    ray_address: str | None = None
+    ray_address: str | None = None  # default: $RAY_ADDRESS (as under `ray job submit`), else a local Ray
+    storage: str | None = None  # the Optuna study's storage URL; default: sqlite:///RUN/study.db
 
     def resolved(self) -> "RunSettings":
         cores = os.cpu_count() or 1
@@ -65,7 +66,8 @@ class RunSettings:
             if not torch.cuda.is_available():
                 raise UserError("--resources-per-trial asks for GPUs but this machine has none "
                                 "(torch.cuda.is_available() is False); use --ray-address for a cluster with GPUs")
-        return RunSettings(workers, cpus, self.gpus_per_trial, self.ray_address)
+        address = self.ray_address or os.environ.get("RAY_ADDRESS") or None
+        return RunSettings(workers, cpus, self.gpus_per_trial, address, self.storage)
 
 
 def reference_point(problem: Problem, baseline: dict) -> dict[str, float]:
@@ -87,6 +89,7 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     baseline = rundir.baseline
     ref = reference_point(problem, baseline)
     directions = list(problem.objectives.values())
+    study = _open_study(problem, run, rundir, records, log)
     if search.trials <= len(records):  # a finished run resumed: nothing owed, no sampler to build
         rundir.write_tables(records, problem.objectives, ref)
         return records
@@ -116,6 +119,7 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
         records.append(record)
         rundir.append(record)
         rundir.add_to_tables(record)  # a flat cost per trial; rebuilt in full at the end
+        _add_to_study(study, problem, record, log)
         if on_trial:
             on_trial(record, records)
 
@@ -124,9 +128,31 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     first = max((int(r["trial"]) for r in records), default=-1) + 1
     run_trials(problem, sampler, budget=remaining, first_index=first, workers=run.workers,
                cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
-               ray_address=run.ray_address, on_record=on_record, done=list(records))
+               ray_address=run.ray_address, on_record=on_record, done=list(records),
+               tune_dir=rundir.path / "tune")
     rundir.write_tables(rundir.trials(), problem.objectives, ref)  # rebuilt from trials.jsonl
     return records
+
+
+def _open_study(problem: Problem, run: RunSettings, rundir: RunDirectory, records: list[dict], log):
+    """The run's Optuna study (every trial, whatever the sampler), brought up to trials.jsonl."""
+    from autocompress.search._study import StudyRecorder, default_storage
+
+    study = StudyRecorder(run.storage or default_storage(rundir.path), problem.space.searchable,
+                          problem.objectives, problem.constraints.active)
+    try:
+        study.sync(records, problem.objective_values, problem.constraint_values)
+    except Exception as e:  # noqa: BLE001 - the study mirrors trials.jsonl; a search never stops for it
+        log(f"warning: the Optuna study could not take the finished trials ({' '.join(str(e).split())[:160]})")
+    return study
+
+
+def _add_to_study(study, problem: Problem, record: dict, log) -> None:
+    try:
+        study.add(record, problem.objective_values(record), problem.constraint_values(record))
+    except Exception as e:  # noqa: BLE001 - trials.jsonl has it; the next start adds it to the study
+        log(f"warning: trial {record['trial']} is not in the Optuna study yet ({' '.join(str(e).split())[:160]}); "
+            "it is added when the run is resumed")
 
 
 def _keep_sensitivity(sens, rundir: RunDirectory) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import tempfile
 import threading
+from pathlib import Path
 from typing import Callable
 
 from autocompress.search._sampler import Sampler
@@ -30,11 +31,14 @@ def _trial(tune_config: dict, problem: Problem | None = None) -> dict:
     import torch
 
     if tune_config.get("duplicate_of") is not None:  # nothing to evaluate: the driver has the result
-        return {"payload": ""}
+        return {"payload": "", "trial": tune_config["index"], "duplicate_of": tune_config["duplicate_of"]}
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     record = problem.evaluate(tune_config["index"], tune_config["values"], tune_config.get("front"),
                               tune_config.get("pairs"))
-    return {"payload": json.dumps(record, default=str)}
+    # the record for our driver, and its scalars flat for Tune's own result files (ResultGrid)
+    flat = {k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float, str, bool))}
+    return {"payload": json.dumps(record, default=str), "trial": record["trial"], "status": record["status"],
+            **flat}
 
 
 try:
@@ -204,10 +208,18 @@ def _start_reaper():
         return None
 
 
+def _trial_name(trial) -> str:
+    return f"trial_{trial.config['index']}"  # our index, not the whole config (Tune's default)
+
+
 def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: int, workers: int,
                cpus_per_trial: float, gpus_per_trial: float = 0, ray_address: str | None = None,
-               on_record: Callable[[dict], None], done: list[dict] | None = None) -> None:
-    """Run ``budget`` more trials; ``on_record`` is called in this process as each one ends."""
+               on_record: Callable[[dict], None], done: list[dict] | None = None,
+               tune_dir: Path | None = None) -> None:
+    """Run ``budget`` more trials; ``on_record`` is called in this process as each one ends.
+    Tune's own results go to ``tune_dir`` (the run directory's ``tune/``): one experiment per
+    start of the search (``trials``, then ``trials-from-N`` for a resume from trial N), each
+    readable with ``tune.ExperimentAnalysis`` or ``tune.Tuner.restore(...).get_results()``."""
     import ray
     from ray import tune
 
@@ -232,13 +244,17 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         seen = {_key(r["params"]): r for r in (done or []) if r["status"] != "failed" and not r.get("duplicate_of")}
         stop = threading.Event()
         searcher = SamplerSearcher(sampler, problem, first_index, on_record, seen, stop)
-        storage = tempfile.mkdtemp(prefix="autocompress-tune-")
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        storage = str(Path(tune_dir).resolve()) if tune_dir is not None else tempfile.mkdtemp(prefix="autocompress-tune-")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget,
-                                        max_concurrent_trials=workers, reuse_actors=True),
-            run_config=tune.RunConfig(name="trials", storage_path=storage, verbose=0,
-                                      log_to_file=True),
+                                        max_concurrent_trials=workers, reuse_actors=True,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name="trials" if first_index == 0 else f"trials-from-{first_index}",
+                                      storage_path=storage, verbose=0, log_to_file=True,
+                                      callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
         )
         # Ctrl-C: raise KeyboardInterrupt as usual, and also stop proposing trials, so that the
         # run ends even where Ray's event loop swallows the exception
