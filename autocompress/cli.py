@@ -273,7 +273,6 @@ def search(
         clip = args["clip_range"]
         val_samples, val_split, normalize = args["val_samples"], args["val_split"], args["normalize"]
         finetune_steps = args["recovery"].finetune_steps
-        storage = storage or args["storage"]
     else:
         constraints = Constraints(max_acc_drop=max_acc_drop, max_size_mb=max_size_mb, max_params=max_params,
                                   max_macs=max_macs, max_latency_ms=max_latency_ms,

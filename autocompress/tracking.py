@@ -59,6 +59,7 @@ class MlflowTracker:
         self.state_path = self.run_dir / STATE_FILE
         self.broken = False
         self.parent: str | None = None
+        self.experiment_id: str | None = None
         self.logged: set[int] = set()
 
     # -- the parent run ------------------------------------------------------------------------
@@ -68,6 +69,7 @@ class MlflowTracker:
             if state.get("parent_run_id") and state.get("tracking_uri") == self.uri:
                 self.parent = state["parent_run_id"]
                 self.logged = set(state.get("logged", []))
+                self.experiment_id = self.client.get_run(self.parent).info.experiment_id
                 self.client.update_run(self.parent, status="RUNNING")
                 return
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -78,6 +80,7 @@ class MlflowTracker:
                 experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
+            self.experiment_id = experiment_id
             run = self.client.create_run(experiment_id, run_name=self.run_dir.name,
                                          tags={"autocompress.run_dir": str(self.run_dir.resolve())})
             self.parent = run.info.run_id
@@ -123,8 +126,7 @@ class MlflowTracker:
         if self.broken or self.parent is None or index in self.logged:
             return
         try:
-            experiment_id = self.client.get_run(self.parent).info.experiment_id
-            run = self.client.create_run(experiment_id, run_name=f"trial {index}",
+            run = self.client.create_run(self.experiment_id, run_name=f"trial {index}",
                                          tags={"mlflow.parentRunId": self.parent})
             metrics = {k: v for k, v in (record.get("metrics") or {}).items() if _number(v)}
             metrics.update({f"violation_{k}": v for k, v in (record.get("violations") or {}).items() if _number(v)})

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from autocompress._errors import UserError
+from autocompress.search._sampler import OptunaSampler
 from autocompress.space import Param
 
 STUDY_NAME = "autocompress"
@@ -20,14 +21,6 @@ _TRIAL_ATTR = "autocompress_trial"  # our trial index: Optuna numbers its trials
 
 def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
-
-
-def _distribution(p: Param):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    if p.categorical:
-        return CategoricalDistribution(list(p.choices))
-    return FloatDistribution(p.low, p.high, step=p.step)
 
 
 def _jsonable(value):
@@ -43,7 +36,7 @@ class StudyRecorder:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.objectives, self.constraints = objectives, constraints
-        self.distributions = {p.name: _distribution(p) for p in params}
+        self.distributions = {p.name: OptunaSampler._distribution(p) for p in params}
         directions = ["maximize" if d == "max" else "minimize" for d in objectives.values()]
         try:
             self.study = optuna.create_study(storage=storage, study_name=STUDY_NAME, directions=directions,

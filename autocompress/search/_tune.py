@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
@@ -215,7 +214,7 @@ def _trial_name(trial) -> str:
 def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: int, workers: int,
                cpus_per_trial: float, gpus_per_trial: float = 0, ray_address: str | None = None,
                on_record: Callable[[dict], None], done: list[dict] | None = None,
-               tune_dir: Path | None = None) -> None:
+               tune_dir: Path) -> None:
     """Run ``budget`` more trials; ``on_record`` is called in this process as each one ends.
     Tune's own results go to ``tune_dir`` (the run directory's ``tune/``): one experiment per
     start of the search (``trials``, then ``trials-from-N`` for a resume from trial N), each
@@ -246,7 +245,7 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
         searcher = SamplerSearcher(sampler, problem, first_index, on_record, seen, stop)
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-        storage = str(Path(tune_dir).resolve()) if tune_dir is not None else tempfile.mkdtemp(prefix="autocompress-tune-")
+        storage = str(Path(tune_dir).resolve())
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget,
