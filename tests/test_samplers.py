@@ -276,6 +276,21 @@ def test_the_surrogate_proposes_the_highest_energy_within_the_predicted_limit():
     assert len({_key(v, SMALL) for v in proposals}) == 12  # nothing proposed twice
 
 
+def test_with_headroom_every_other_proposal_aims_beyond_the_limit_for_the_finish():
+    # predicted drop = a + b + c, limit 3, headroom 1.5: the plain asks propose a = 3 at most, the
+    # stretching ones a = 4 (the highest energy within 4.5 points); without headroom, none beyond 3
+    def proposals(headroom):
+        g = guide_for(energy=lambda v: v["a"], drop=lambda v: v["a"] + v["b"] + v["c"], max_drop=3.0)
+        g.headroom = headroom
+        return drive(make("surrogate", params=SMALL, guide=g, seed=0), 8, objective=_front_problem)
+
+    stretched = [v["a"] + v["b"] + v["c"] for v in proposals(1.5)]
+    assert all(d <= 4.5 + 1e-9 for d in stretched)
+    assert sum(d > 3 for d in stretched[1::2]) >= 3  # the stretching asks go beyond the limit
+    assert all(d <= 3 + 1e-9 for d in stretched[0::2])  # the others stay within it
+    assert all(v["a"] + v["b"] + v["c"] <= 3 + 1e-9 for v in proposals(0.0))
+
+
 def test_the_surrogate_learns_only_through_observe():
     g = guide_for()
     sampler = make("surrogate", guide=g)
