@@ -592,7 +592,9 @@ def export(
     pick: str = typer.Option("best", help="trial number, or best (highest energy reduction on the Pareto set)"),
     max_acc_drop: Optional[float] = typer.Option(None, help="with --pick best: largest accepted accuracy drop"),
     fmt: str = typer.Option("yaml", "--format", help="json, yaml (the config), csv (per-layer table), torch "
-                            "(TorchScript model), onnx (QDQ ONNX model)"),
+                            "(TorchScript model, integer weights), onnx (QDQ ONNX model), ort-overrides (a float "
+                            "ONNX graph and the quantize_static recipe that makes onnxruntime write the same "
+                            "integers)"),
     out: Path = typer.Option(..., help="file to write"),
 ):
     """Export a candidate of a finished search."""

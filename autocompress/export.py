@@ -14,7 +14,7 @@ from autocompress.config import FLOAT_BITS, CompressionConfig, effective_ratios,
 from autocompress.graph import LayerTable
 from autocompress.utils import atomic_write_text
 
-FORMATS = ("json", "yaml", "csv", "torch", "onnx")
+FORMATS = ("json", "yaml", "csv", "torch", "onnx", "ort-overrides")
 
 
 def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
@@ -36,17 +36,82 @@ def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _storage(bits: int) -> tuple[int, torch.dtype]:
+    """(values per byte, container) of a ``bits``-bit weight: 2-bit four to a byte, 3-4 bit two to a
+    byte (offset binary in the unsigned byte), 5-8 bit int8, wider int16."""
+    if bits <= 2:
+        return 4, torch.uint8
+    if bits <= 4:
+        return 2, torch.uint8
+    return 1, torch.int8 if bits <= 8 else torch.int16
+
+
+def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """The integers ``q`` (a float tensor holding them) in their :func:`_storage` container, flat."""
+    per, dtype = _storage(bits)
+    flat = q.reshape(-1).to(torch.int32)
+    if per == 1:
+        return flat.to(dtype)
+    width = 8 // per
+    flat = flat + (1 << (width - 1))  # offset binary: [-2^(w-1), 2^(w-1)) -> [0, 2^w)
+    flat = torch.cat([flat, flat.new_zeros((-len(flat)) % per)]).reshape(-1, per)
+    return sum(flat[:, i] << (width * i) for i in range(per)).to(torch.uint8)
+
+
+def _unpack(packed: torch.Tensor, per: int, count: int) -> torch.Tensor:
+    if per == 1:
+        return packed.float()
+    width = 8 // per
+    mask = (1 << width) - 1
+    parts = [((packed >> (width * i)) & mask).float() for i in range(per)]
+    return (torch.stack(parts, dim=1).reshape(-1)[:count] - (1 << (width - 1)))
+
+
+def _integer_weight_hook(module: nn.Module, args):
+    q = _unpack(module.weight_packed, module.weight_values_per_byte, module.weight_scale_.numel() * module.weight_row)
+    module.weight = (q.reshape(module.weight_shape) * module.weight_scale_.reshape(-1, *[1] * (len(module.weight_shape) - 1)))
+
+
+def with_integer_weights(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+    """A copy of ``model`` whose quantised layers (those :func:`~autocompress.compress.quantize.quantize_weights`
+    quantised) hold their weights as the integers the model computes with, packed
+    (:func:`_storage`), and one fp32 scale per output channel, and rebuild the float weight at
+    each forward; returns it and each such layer's bits. Outputs are the model's to float rounding."""
+    import copy
+
+    from autocompress.compress.quantize import weight_integers
+
+    model = copy.deepcopy(model)
+    done = {}
+    for name, mod in model.named_modules():
+        if getattr(mod, "weight_bits", None) is None or not isinstance(mod.weight, nn.Parameter):
+            continue
+        q, scale, bits = weight_integers(mod), mod.weight_scale.detach().float().reshape(-1), int(mod.weight_bits)
+        shape = tuple(mod.weight.shape)
+        del mod.weight  # the parameter goes; the hook sets a plain tensor in its place
+        mod.register_buffer("weight_packed", _pack(q, bits))
+        mod.register_buffer("weight_scale_", scale.clone())
+        mod.weight_shape, mod.weight_row = shape, int(q[0].numel())
+        mod.weight_values_per_byte = _storage(bits)[0]
+        mod.register_forward_pre_hook(_integer_weight_hook)
+        done[name] = bits
+    return model, done
+
+
 def save_model(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """TorchScript (loads without autocompress); returns a line saying what was written."""
+    """TorchScript (loads without autocompress); returns a line saying what was written. Quantised
+    layers keep their integer weights (packed) and per-channel scales (:func:`with_integer_weights`)."""
     model = model.eval()
     try:
         import warnings
 
+        packed, layers = with_integer_weights(model)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            scripted = torch.jit.trace(model, example, check_trace=False)
+            scripted = torch.jit.trace(packed.eval(), example, check_trace=False)
         scripted.save(str(path))
-        return f"TorchScript: torch.jit.load({str(path)!r}) loads it without autocompress"
+        ints = f", {len(layers)} layers with packed integer weights" if layers else ""
+        return f"TorchScript{ints}: torch.jit.load({str(path)!r}) loads it without autocompress"
     except Exception as e:  # noqa: BLE001 - a model TorchScript cannot trace: pickle it instead
         torch.save(model, path)
         return (f"pickled module (TorchScript failed: {type(e).__name__}); loading it needs the model's "
@@ -55,7 +120,7 @@ def save_model(model: nn.Module, example: torch.Tensor, path: Path) -> str:
 
 def export(config: CompressionConfig, table: LayerTable, fmt: str, out: str | Path, *,
            model_builder=None) -> str:
-    """Write ``config`` (or, for ``torch``, the model ``model_builder()`` builds) in ``fmt``."""
+    """Write ``config`` (or, for the model formats, the model ``model_builder()`` builds) in ``fmt``."""
     out = Path(out)
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -71,4 +136,11 @@ def export(config: CompressionConfig, table: LayerTable, fmt: str, out: str | Pa
         from autocompress.onnx_export import export_onnx
 
         return export_onnx(model, torch.zeros((1, *table.input_shape)), out).summary()
+    if fmt == "ort-overrides":
+        from autocompress.onnx_export import export_ort_overrides
+
+        graph, notes = export_ort_overrides(model, torch.zeros((1, *table.input_shape)), out)
+        cannot = f"; {len(notes)} notes on what onnxruntime cannot take as the model has it (in the file)" if notes else ""
+        return (f"onnxruntime quantize_static recipe (nodes to quantise, TensorQuantOverrides) for the float graph "
+                f"{graph.name}{cannot}")
     return save_model(model, torch.zeros((1, *table.input_shape)), out)

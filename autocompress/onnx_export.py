@@ -25,7 +25,8 @@ from torch import nn
 from autocompress._errors import UserError
 from autocompress.compress.quantize import ActQuant, weight_integers
 
-__all__ = ["export_onnx", "OnnxExport", "onnx_session", "INT4_OPSET"]
+__all__ = ["export_onnx", "export_ort_overrides", "ort_quantize_kwargs", "OnnxExport", "onnx_session",
+           "INT4_OPSET"]
 
 INT4_OPSET = 21  # INT4 / UINT4 tensors (and so INT4 DequantizeLinear inputs) need opset 21
 EXPORT_OPSET = 18  # what torch's TorchScript exporter writes; raised to 21 afterwards (no op used changes meaning)
@@ -129,7 +130,11 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, qlayer: _QLayer | None) -> None:
     conv.bias = nn.Parameter(bias)
 
 
-def _prepare(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dict[str, _QLayer], dict[str, str]]:
+def _prepare(model: nn.Module, example: torch.Tensor, *, activation_qdq: bool = True
+             ) -> tuple[nn.Module, dict[str, _QLayer], dict[str, str]]:
+    """A copy of ``model`` with batch norm folded and each activation quantiser replaced by its
+    QDQ export (``activation_qdq``) or by nothing (a float graph another quantiser will fill);
+    the quantised layers' integers and scales; the activation types."""
     m = copy.deepcopy(model).eval()
     modules = dict(m.named_modules())
     qlayers: dict[str, _QLayer] = {}
@@ -148,7 +153,7 @@ def _prepare(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dict[s
         if isinstance(inq, ActQuant):
             if inq.observing:
                 raise UserError(f"layer {name!r}: activation quantiser was never calibrated")
-            mod.input_quant = _ExportActQuant(inq)
+            mod.input_quant = _ExportActQuant(inq) if activation_qdq else nn.Identity()
             signed = inq.signed
             acts[name] = ("INT" if signed else "UINT") + ("8" if inq.bits <= 8 else "16")
     return m, qlayers, acts
@@ -247,17 +252,12 @@ def _drop_unused(graph) -> None:
         graph.initializer.remove(t)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, int4: bool = True) -> OnnxExport:
-    """Write ``model`` (a compressed model from :func:`autocompress.compress.apply`) as QDQ ONNX.
-
-    ``int4=False`` stores <= 4-bit weights in INT8 containers (same values): onnxruntime's CPU
-    kernels then compute those layers in integers too, where INT4 ones run as float convs."""
+def _to_onnx(prepared: nn.Module, example: torch.Tensor, path: Path):
+    """``prepared`` as an ONNX ModelProto (written beside ``path`` for a moment)."""
     import warnings
 
     import onnx
 
-    path = Path(path)
-    prepared, qlayers, acts = _prepare(model, example[:1])
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -265,9 +265,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, in
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
     try:
-        proto = onnx.load(str(tmp))
+        return onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, int4: bool = True) -> OnnxExport:
+    """Write ``model`` (a compressed model from :func:`autocompress.compress.apply`) as QDQ ONNX.
+
+    ``int4=False`` stores <= 4-bit weights in INT8 containers (same values): onnxruntime's CPU
+    kernels then compute those layers in integers too, where INT4 ones run as float convs."""
+    import onnx
+
+    path = Path(path)
+    prepared, qlayers, acts = _prepare(model, example[:1])
+    proto = _to_onnx(prepared, example, path)
     info = OnnxExport(path, INT4_OPSET, activations=acts)
     _quantise_graph(proto, qlayers, int4, info)
     for imp in proto.opset_import:
@@ -295,3 +307,102 @@ def onnx_session(path: str | Path, threads: int | None = None, *, optimized_path
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+# -- onnxruntime's own quantiser: a float graph and the overrides that make it write our integers --
+ORT_RECIPE = "autocompress ort-overrides v1"
+
+
+def _ort_weight_type(bits: int) -> str:
+    return "QInt4" if bits <= 4 else "QInt8" if bits <= 8 else "QInt16"
+
+
+def export_ort_overrides(model: nn.Module, example: torch.Tensor, path: str | Path) -> tuple[Path, list[str]]:
+    """Write ``model`` as a float ONNX graph (pruned shapes, batch norm folded, weights on their
+    grids) beside ``path``, and at ``path`` a JSON recipe for onnxruntime's
+    ``quantize_static``: which Conv/Gemm nodes to quantise, and per tensor the
+    ``TensorQuantOverrides`` (type, per-channel scales, zero points) that make it write the same
+    integers as this model computes with. Returns the graph's path and what onnxruntime cannot
+    take as the model has it. :func:`ort_quantize_kwargs` reads the recipe back."""
+    import onnx
+
+    path = Path(path)
+    graph_path = path.with_suffix(".onnx") if path.suffix == ".json" else path.with_name(path.name + ".onnx")
+    prepared, qlayers, _ = _prepare(model, example[:1], activation_qdq=False)
+    proto = _to_onnx(prepared, example, graph_path)
+    for imp in proto.opset_import:  # the quantiser keeps the opset, and INT4 needs 21
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = INT4_OPSET
+    consumers = {n.input[1]: n for n in proto.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1}
+    modules = dict(model.named_modules())
+    overrides: dict[str, list[dict]] = {}
+    nodes, notes = [], []
+    for name, ql in qlayers.items():
+        node = consumers.get(f"{name}.weight")
+        if node is None:
+            raise RuntimeError(f"ONNX export: no Conv/Gemm reads {name}.weight (the exporter renamed it)")
+        nodes.append(node.name)
+        overrides[f"{name}.weight"] = [{"quant_type": _ort_weight_type(ql.bits), "axis": 0, "scale": float(s),
+                                        "zero_point": 0} for s in ql.scale.tolist()]
+        if ql.bits not in (4, 8, 16):
+            notes.append(f"{name}: {ql.bits}-bit weights in a {_ort_weight_type(ql.bits)[1:]} container "
+                         "(the integers are exact; the file does not record the narrower width)")
+        inq = getattr(modules[name], "input_quant", None)
+        if isinstance(inq, ActQuant):
+            scale, qmin, _ = inq.qparams()
+            act = [{"quant_type": ("QInt" if qmin < 0 else "QUInt") + ("8" if inq.bits <= 8 else "16"),
+                    "scale": float(scale), "zero_point": 0}]
+            if inq.bits not in (8, 16):
+                notes.append(f"{name}: {inq.bits}-bit input activations in an 8-bit container (its scale, "
+                             "but onnxruntime clips at the container's range)")
+            if overrides.setdefault(node.input[0], act) != act:
+                notes.append(f"{name}: its input is shared with another layer quantised differently; "
+                             "onnxruntime takes the first layer's")
+        else:
+            notes.append(f"{name}: float input activations, which onnxruntime's static quantiser quantises "
+                         "to 8 bits with its own calibration")
+    from autocompress.utils import _atomic, atomic_write_json
+
+    _atomic(graph_path, lambda f: f.write(proto.SerializeToString()))
+    atomic_write_json(path, {
+        "format": ORT_RECIPE, "model_input": graph_path.name,
+        "usage": "onnxruntime.quantization.quantize_static(model_input, model_output, calibration_data_reader, "
+                 "**quantize_static) after turning quant type names into QuantType and scales into float32 "
+                 "arrays (autocompress.onnx_export.ort_quantize_kwargs does both)",
+        "quantize_static": {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8",
+                            "weight_type": "QInt8", "op_types_to_quantize": ["Conv", "Gemm"],
+                            "nodes_to_quantize": nodes, "extra_options": {
+                                "TensorQuantOverrides": overrides,
+                                "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm"]}},  # as the model: inputs only
+        "notes": notes})
+    return graph_path, notes
+
+
+def ort_quantize_kwargs(path: str | Path) -> tuple[Path, dict]:
+    """(float graph, keyword arguments of ``onnxruntime.quantization.quantize_static``) from a
+    recipe :func:`export_ort_overrides` wrote: quant types as ``QuantType``, scales as float32
+    and zero points as arrays of the tensor's type, as onnxruntime expects them."""
+    import json
+
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    path = Path(path)
+    recipe = json.loads(path.read_text())
+    if recipe.get("format") != ORT_RECIPE:
+        raise UserError(f"{path} is not an autocompress ort-overrides recipe")
+    kwargs = dict(recipe["quantize_static"])
+    kwargs["quant_format"] = QuantFormat[kwargs["quant_format"]]
+    for key in ("activation_type", "weight_type"):
+        kwargs[key] = QuantType[kwargs[key]]
+    overrides = {}
+    for tensor, entries in kwargs["extra_options"]["TensorQuantOverrides"].items():
+        overrides[tensor] = [{**e, "quant_type": QuantType[e["quant_type"]],
+                              "scale": np.array(e["scale"], dtype=np.float32),
+                              "zero_point": np.array(e["zero_point"], dtype=_ORT_NP[e["quant_type"]])}
+                             for e in entries]
+    kwargs["extra_options"] = {**kwargs["extra_options"], "TensorQuantOverrides": overrides}
+    return path.with_name(recipe["model_input"]), kwargs
+
+
+_ORT_NP = {"QInt4": np.int8, "QUInt4": np.uint8, "QInt8": np.int8, "QUInt8": np.uint8, "QInt16": np.int16,
+           "QUInt16": np.uint16}

@@ -82,3 +82,101 @@ def test_export_onnx_reproduces_the_trial(run_dir, tmp_path, digits):
     logits = session.run(None, {"input": digits.val_x.numpy()})[0]
     acc = float((logits.argmax(1) == digits.val_y.numpy()).mean())
     assert abs(acc - record["metrics"]["accuracy"]) * 100 <= 0.5
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8, 16])
+def test_packed_integers_unpack_to_themselves(bits):
+    from autocompress.export import _pack, _storage, _unpack
+
+    qmax = 2 ** (bits - 1) - 1
+    q = torch.randint(-qmax, qmax + 1, (7, 3, 3)).float()  # 63 values: not a multiple of 2 or 4
+    q[0, 0, 0], q[0, 0, 1] = -qmax, qmax
+    per, dtype = _storage(bits)
+    packed = _pack(q, bits)
+    assert packed.dtype == dtype and packed.numel() == -(-q.numel() // per)
+    assert torch.equal(_unpack(packed, per, q.numel()).reshape(q.shape), q)
+
+
+def test_torchscript_keeps_integer_weights_and_computes_what_the_model_does(tmp_path):
+    from torch import nn
+
+    from autocompress.compress.quantize import quantize_weights
+    from autocompress.export import save_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    float_path = tmp_path / "float.pt"
+    save_model(model, torch.zeros(1, 3, 12, 12), float_path)
+    quantize_weights(model, {"0": 8, "3": 4, "7": 2})
+    x = torch.randn(5, 3, 12, 12)
+    with torch.no_grad():
+        expected = model(x)
+    what = save_model(model, x[:1], tmp_path / "int.pt")
+    assert "3 layers with packed integer weights" in what
+    loaded = torch.jit.load(str(tmp_path / "int.pt"))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), expected, atol=1e-5)
+    state = loaded.state_dict()
+    assert {k: v.dtype for k, v in state.items() if k.endswith("weight_packed")} == {
+        "0.weight_packed": torch.int8, "3.weight_packed": torch.uint8, "7.weight_packed": torch.uint8}
+    assert not any(k in state for k in ("0.weight", "3.weight", "7.weight"))  # no float copy kept
+    assert state["3.weight_packed"].numel() == 64 * 64 * 9 // 2  # two 4-bit weights a byte
+    # the 64x64 conv dominates: at 4 bits it takes an eighth of its fp32 bytes
+    assert (tmp_path / "int.pt").stat().st_size < 0.3 * float_path.stat().st_size
+
+
+def _small_quantised_model(wbits: dict, abits: dict):
+    """A conv net with batch norm (a negative scale, so folding flips integer signs), quantised."""
+    from torch import nn
+
+    from autocompress.compress.quantize import attach_activation_quantizers, calibrate_activations, quantize_weights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    model[1].weight.data.uniform_(-1.5, 1.5)
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(64, 3, 12, 12)
+    calibrate_activations(model, attach_activation_quantizers(model, abits), x, torch.zeros(64, dtype=torch.long),
+                          batches_=2, batch_size=32)
+    quantize_weights(model, wbits)
+    return model, x
+
+
+def test_onnxruntime_quantises_the_exported_float_graph_to_our_integers_with_the_recipe(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    from autocompress.compress.quantize import weight_integers
+    from autocompress.onnx_export import export_onnx, export_ort_overrides, onnx_session, ort_quantize_kwargs
+
+    model, x = _small_quantised_model({"0": 8, "3": 4, "7": 3}, {"0": 8, "3": 8, "7": 8})
+    graph, notes = export_ort_overrides(model, x[:1], tmp_path / "recipe.json")
+    assert graph == tmp_path / "recipe.onnx" and any(n.startswith("7: 3-bit weights in a Int4") for n in notes)
+    model_input, kwargs = ort_quantize_kwargs(tmp_path / "recipe.json")
+
+    class Reader(CalibrationDataReader):  # onnxruntime calibrates only what the recipe leaves open: nothing
+        def __init__(self):
+            self.batches = iter([{"input": x[i:i + 16].numpy()} for i in range(0, 64, 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(model_input), str(tmp_path / "q.onnx"), Reader(), **kwargs)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: t for t in q.graph.initializer}
+    for name, kind in (("0", "INT8"), ("3", "INT4"), ("7", "INT4")):
+        t = inits[f"{name}.weight_quantized"]
+        assert onnx.TensorProto.DataType.Name(t.data_type) == kind
+        ints = numpy_helper.to_array(t).astype(np.int64)
+        # folding batch norm flips the sign of a channel whose BN scale is negative, nothing else
+        assert np.array_equal(np.abs(ints), np.abs(weight_integers(model[int(name)]).numpy().astype(np.int64)))
+    # the output of a Conv/Gemm stays float, as in the model: the same graph as our own QDQ export
+    assert [n.op_type for n in q.graph.node].count("QuantizeLinear") == 3
+    export_onnx(model, x[:1], tmp_path / "ours.onnx")
+    ours = onnx_session(tmp_path / "ours.onnx").run(None, {"input": x.numpy()})[0]
+    theirs = onnx_session(tmp_path / "q.onnx").run(None, {"input": x.numpy()})[0]
+    assert np.abs(ours - theirs).max() < 1e-5
