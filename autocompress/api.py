@@ -28,7 +28,7 @@ from autocompress.config import CompressionConfig
 from autocompress.data import DataBundle, from_torch, resolve_data
 from autocompress.evaluate import Evaluator, Metrics
 from autocompress.graph import LayerTable, trace
-from autocompress.hardware import HardwareProfile, MeasuredTarget, load_target
+from autocompress.hardware import MeasuredTarget, Target, load_target
 from autocompress.models import build_model, load_weights
 from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings, SearchSettings,
                                  reference_point, run_search, settings_dict)
@@ -59,7 +59,7 @@ class Prepared:
     model_desc: str
     data: DataBundle | None
     table: LayerTable
-    profile: HardwareProfile | MeasuredTarget
+    profile: Target
     inputs: dict  # the user's inputs as plain data (for settings.json and resume)
     notes: list[str] = field(default_factory=list)
 
@@ -79,7 +79,7 @@ class Prepared:
 
 
 def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
-            target: str | HardwareProfile | MeasuredTarget = "tpu-v1", *,
+            target: str | Target = "tpu-v1", *,
             weights: str | None = None, train_data=None, val_data=None, test_data=None,
             num_classes: int | None = None, input_shape=None, stem: str | None = None,
             val_samples: int | None = None, val_split: int | None = None, normalize: str = "auto",
@@ -131,8 +131,7 @@ def prepare(model: str | nn.Module = "resnet18", data: str | None = "digits",
     notes += table.notes
     inputs = {"model": spec, "model_desc": desc, "data": bundle.name if bundle else None,
               "data_spec": data if bundle is not None and train_data is None else None,
-              "target_spec": target.spec if isinstance(target, MeasuredTarget) else
-              str(target) if not isinstance(target, HardwareProfile) else profile_.name,
+              "target_spec": str(target) if isinstance(target, (str, Path)) else profile_.spec,
               "data_fingerprint": bundle.fingerprint if bundle else None, "target": profile_.name,
               "weights": str(weights) if weights else None, "input_shape": list(shape),
               "num_classes": classes, "stem": stem, "val_samples": val_samples, "val_split": val_split, "normalize": normalize,
@@ -312,7 +311,7 @@ def _fingerprint(prep: Prepared, space: BoundSpace, search_: SearchSettings, rec
 
 def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, test_data=None, *,
            data: str | None = "digits", val_split: int | None = None,
-           target: str | HardwareProfile = "tpu-v1", space: str | None = None,
+           target: str | Target = "tpu-v1", space: str | None = None,
            objectives: list[str] | dict | None = None, constraints: Constraints | dict | None = None,
            trials: int = 32, algorithm: str = "nsga2", seed: int = 0, weights: str | None = None,
            recovery: Recovery | None = None, metric: str = "top1", val_samples: int | None = None,
@@ -366,7 +365,7 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
         raise UserError(f"unknown metric {metric!r}; valid: top1, top5, macro_f1")
     search_ = SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objectives,
                              constraints=constraints, clip_range=clip_range)
-    if workers is None and isinstance(prepared.profile if prepared else load_target(target), MeasuredTarget):
+    if workers is None and (prepared.profile if prepared else load_target(target)).measures_built_models:
         workers = 1  # trials timed side by side on one machine would slow each other down
     if resume is not None and storage is None and (Path(resume) / "settings.json").is_file():
         storage = (json.loads((Path(resume) / "settings.json").read_text()).get("run") or {}).get("storage")
@@ -488,12 +487,12 @@ def compress(model: nn.Module, config: CompressionConfig | str | Path, *, data: 
     return apply(model, table, config, data=data, recovery=recovery, seed=seed)
 
 
-def profile(model: str | nn.Module = "resnet18", target: str | HardwareProfile = "tpu-v1", *,
+def profile(model: str | nn.Module = "resnet18", target: str | Target = "tpu-v1", *,
             input_shape=None, num_classes: int | None = None, data: str | None = "digits",
             config: CompressionConfig | None = None, stem: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Per-layer MACs, parameters, latency and energy of ``model`` (uncompressed at the target's
     reference precision, or compressed by ``config``); returns (layers, totals)."""
-    if isinstance(load_target(target), MeasuredTarget):
+    if not load_target(target).layerwise:
         raise UserError(f"profile costs layer by layer on an analytic profile; {target} times whole models. "
                         f"Build a profile for this machine with: autocompress calibrate --target {target} --out my.yaml")
     prep = prepare(model, None if input_shape else data, target, input_shape=input_shape,
@@ -535,7 +534,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=None, data: D
 def check_calibration(target, samples: int) -> MeasuredTarget:
     """The measured target of a calibration, or a one-line error before anything is built."""
     measured = load_target(target)
-    if not isinstance(measured, MeasuredTarget):
+    if not measured.measures_built_models:
         raise UserError(f"calibrate measures on this machine: --target cpu-local or cuda-local, not {target}")
     if samples < 4:
         raise UserError(f"--samples must be at least 4 (the fit has 5 free parameters; the samples, some "

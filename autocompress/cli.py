@@ -308,9 +308,7 @@ def search(
     for note in prep.notes:
         console.print(f"  {note}", style="dim")
 
-    from autocompress.hardware import MeasuredTarget
-
-    at_once = 1 if isinstance(prep.profile, MeasuredTarget) and workers is None else run_settings.workers
+    at_once = 1 if prep.profile.measures_built_models and workers is None else run_settings.workers
     # every=0: a plain line per finished trial when the output is a log, not a terminal
     progress = LoggedProgress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("feasible {task.fields[feasible]}"),

@@ -24,7 +24,7 @@ from autocompress.compress.recover import predict
 from autocompress.config import FLOAT_BITS, CompressionConfig, resolve
 from autocompress.data import DataBundle
 from autocompress.graph import LayerTable
-from autocompress.hardware import CostModel, HardwareProfile, MeasuredTarget
+from autocompress.hardware import CostModel, Target
 
 __all__ = ["Metrics", "Evaluator", "accuracy", "sqnr_db", "paired_drop_se", "origin_sentence"]
 
@@ -122,12 +122,12 @@ class Evaluator:
     """Everything needed to score candidates of one model on one data set and one target."""
 
     def __init__(self, model: nn.Module, table: LayerTable, data: DataBundle,
-                 profile: HardwareProfile | MeasuredTarget, *, recovery: Recovery = Recovery(),
+                 profile: Target, *, recovery: Recovery = Recovery(),
                  metric: str = "top1", seed: int = 0):
         self.model = model.eval()
         self.table, self.data, self.profile = table, data, profile
         self.recovery, self.metric, self.seed = recovery, metric, seed
-        self.measured = isinstance(profile, MeasuredTarget)
+        self.measured = profile.measures_built_models
         if self.measured:
             self.cost_model = None
             self.reference_config = CompressionConfig()  # measured targets run float natively

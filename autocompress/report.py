@@ -467,7 +467,7 @@ def _layer_view(rd: RunDirectory, settings: dict, records: list[dict], trial: in
     for column in ("rank", "dropped"):  # low rank and depth are optional: show them only when used
         if not frame[column].any():
             frame = frame.drop(columns=column)
-    if not hasattr(profile, "fabric"):  # a measured target: no per-layer model to split its figures
+    if not profile.layerwise:  # it times whole models: no per-layer model to split its figures
         return frame, (f"Layer table {how}. {profile.name} measures whole models, so there is no per-layer "
                        f"latency or energy. {_GROUP_SENTENCE}")
     cm = CostModel(table, profile)

@@ -9,10 +9,10 @@ __all__ = ["Cost", "CostModel", "HardwareProfile", "MeasuredTarget", "Target", "
            "load_target"]
 
 
-def load_target(target) -> HardwareProfile | MeasuredTarget:
+def load_target(target) -> Target:
     """A measured target (``cpu-local[:options]``, ``cuda-local``), a shipped profile by name, a
     profile YAML by path, or another tool's file: ``scalesim:array.cfg``, ``zigzag:accelerator.yaml``."""
-    if isinstance(target, (HardwareProfile, MeasuredTarget)):
+    if isinstance(target, Target):
         return target
     if is_measured(str(target)):
         return parse_measured(str(target))

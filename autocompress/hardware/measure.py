@@ -28,6 +28,7 @@ from torch import nn
 
 from autocompress._errors import UserError
 from autocompress.hardware.profile import Precision, ReferencePrecision
+from autocompress.hardware.target import Target
 
 __all__ = ["MeasuredTarget", "Measurement", "parse_measured", "is_measured", "MEASURED_TARGETS", "cpu_name"]
 
@@ -70,7 +71,7 @@ class Measurement:
 
 
 @dataclass(frozen=True)
-class MeasuredTarget:
+class MeasuredTarget(Target):
     """A target costed by running the model here. Plain data: it travels to Ray workers."""
 
     name: str = "cpu-local"
@@ -105,9 +106,15 @@ class MeasuredTarget:
     def device(self) -> str:
         return "cuda" if self.name == "cuda-local" else "cpu"
 
-    #: as a Target would say it (autocompress.hardware.target); a measured target costs built
-    #: models, not configs, so it does not derive from Target's config-costing interface yet
     origin_kind = "measured"
+    measures_built_models = True  # see Target: costs come from timing the built model (measure)
+
+    def cost(self, table, config, *, detail: bool = False):
+        raise UserError(f"{self.name} times whole built models; it cannot cost a config from its layer table "
+                        f"(build a profile for this machine with: autocompress calibrate --target {self.spec})")
+
+    def record(self) -> dict:
+        return {"measured": self.spec}
 
     def describe(self) -> list[str]:
         return [f"{self.name}: {self.device_name}, {self.runtime}, batch {self.batch_size}"

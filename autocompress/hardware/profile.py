@@ -231,6 +231,10 @@ class HardwareProfile(_Strict, Target):
         # autocompress calibrate writes the fit's provenance under sources: calibration
         return "calibrated" if "calibration" in self.sources else "modeled"
 
+    def record(self) -> dict:
+        """The whole profile: a report costs layers from it without the file it came from."""
+        return self.model_dump(mode="json")
+
     def _model_for(self, table):
         from autocompress.hardware.cost import CostModel
 

@@ -41,7 +41,30 @@ class Target(ABC):
       the target's runtime does so)
 
     ``cost_many`` may be overridden where costing in bulk is cheaper than one at a time.
+
+    What callers ask instead of which kind of target they hold: :attr:`measures_built_models`
+    (a config is costed by building the model and timing it here, so trials run one at a time),
+    :attr:`layerwise` (``cost(detail=True)`` splits the figures by layer), :attr:`spec` (how a
+    later run names it again) and :meth:`record` (what a run directory keeps of it).
     """
+
+    #: a config is costed by building the model and timing it on this machine, not from the
+    #: LayerTable: trials then run one at a time and :meth:`cost` has nothing to offer
+    measures_built_models: bool = False
+
+    @property
+    def layerwise(self) -> bool:
+        """Whether :meth:`cost` with ``detail`` gives per-layer figures (analytic models do)."""
+        return not self.measures_built_models
+
+    @property
+    def spec(self) -> str:
+        """What ``load_target`` takes to give this target back (its name, for a shipped one)."""
+        return self.name
+
+    def record(self) -> dict:
+        """What a run directory keeps of the target, for reports that load no model."""
+        return {"spec": self.spec}
 
     @property
     @abstractmethod

@@ -125,8 +125,7 @@ class RunDirectory:
     def write_layers(self, table, profile) -> None:
         """The LayerTable and the profile, so a report needs no model; a measured target is kept
         by its spec (it has no per-layer model)."""
-        saved = profile.model_dump(mode="json") if hasattr(profile, "model_dump") else {"measured": profile.spec}
-        atomic_write_json(self.path / "layers.json", {"table": table.to_dict(), "profile": saved})
+        atomic_write_json(self.path / "layers.json", {"table": table.to_dict(), "profile": profile.record()})
 
     def layers(self):
         """(LayerTable, HardwareProfile) as the search saw them, or None for an older run."""

@@ -103,15 +103,14 @@ def cache_key(space: BoundSpace, evaluator, recovery=None, samples: int = 512, *
     h = hashlib.sha256()
     _hash_weights(evaluator.model, h)
     profile = evaluator.profile
-    ref = getattr(profile, "reference_precision", None)
+    ref = profile.reference_precision
     blob = {"version": _VERSION, "data": evaluator.data.fingerprint,
             "params": [_param_spec(p) for p in space.params],
             "channel_multiple": space.channel_multiple, "clip": space.clip_range,
             "recovery": asdict(recovery or evaluator.screening), "seed": evaluator.seed, "metric": evaluator.metric,
             "completion": {"reference": None if ref is None else [ref.weights, ref.activations],
-                           "precisions": sorted(f"{p.weights}/{p.activations}" for p in profile.precisions)
-                           if hasattr(profile, "precisions") else None,
-                           "folds_batchnorm": bool(getattr(profile, "folds_batchnorm", False))},
+                           "precisions": sorted(f"{p.weights}/{p.activations}" for p in profile.precisions),
+                           "folds_batchnorm": bool(profile.folds_batchnorm)},
             "bits": None if constraints is None else [constraints.min_bits, constraints.max_bits],
             "samples": samples}
     h.update(json.dumps(blob, sort_keys=True, default=str).encode())
