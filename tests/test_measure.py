@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autocompress._errors import UserError
-from autocompress.hardware import CostModel, MeasuredTarget, load_profile, load_target
+from autocompress.hardware import CostModel, load_profile, load_target
 from autocompress.hardware.measure import DEFAULT_WATTS_PER_THREAD, _RaplCounter
 from tests.test_cli import TINY, cli
 from tests.test_cli_errors import _one_line_error
@@ -14,7 +14,9 @@ RAPL = _RaplCounter.open()
 
 def test_options_of_a_measured_target():
     t = load_target("cpu-local:threads=2,batch=4,runtime=torch,repeats=7,warmup=0,watts=5")
-    assert isinstance(t, MeasuredTarget)
+    assert t.measures_built_models and not t.layerwise and t.record() == {"measured": t.spec}
+    tpu = load_target("tpu-v1")
+    assert tpu.layerwise and not tpu.measures_built_models and tpu.record()["name"] == "tpu-v1"
     assert (t.threads, t.batch_size, t.runtime, t.repeats, t.warmup, t.watts) == (2, 4, "torch", 7, 0, 5.0)
     assert t.origin.startswith("measured:cpu-local (") and "2 threads, batch 4, torch)" in t.origin
     assert load_target("cpu-local").runtime == "onnxruntime"
