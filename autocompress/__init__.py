@@ -18,7 +18,7 @@ except Exception:  # noqa: BLE001 - run from a tree that is not installed
     __version__ = "0.1.0"
 
 _WHERE = {
-    **{name: "autocompress.api" for name in ("search", "finetune", "compress", "profile", "load_target", "calibrate",
+    **{name: "autocompress.api" for name in ("search", "load", "finetune", "compress", "profile", "load_target", "calibrate",
                                              "export_onnx", "prepare", "SearchResult", "Prepared", "Constraints",
                                              "Recovery")},
     "CompressionConfig": "autocompress.config", "LayerConfig": "autocompress.config",
@@ -26,7 +26,7 @@ _WHERE = {
     **{name: "autocompress.hardware" for name in ("HardwareProfile", "MeasuredTarget", "list_profiles", "load_profile")},
 }
 
-__all__ = ["search", "finetune", "compress", "profile", "load_target", "calibrate", "export_onnx", "prepare", "SearchResult", "Prepared",
+__all__ = ["search", "load", "finetune", "compress", "profile", "load_target", "calibrate", "export_onnx", "prepare", "SearchResult", "Prepared",
            "Constraints", "Recovery", "CompressionConfig", "LayerConfig", "LayerTable", "trace",
            "HardwareProfile", "MeasuredTarget", "list_profiles", "load_profile", "UserError", "NothingFeasible"]
 

@@ -191,15 +191,26 @@ class SearchResult:
         if isinstance(trial, nn.Module):  # apply(model, candidate)
             trial, model = (model if model is not None else "best"), trial
         trial = self._trial(trial)
-        if self.prepared is None:  # the LayerTable and the data for recovery come from the search
-            raise UserError("this result was not returned by search(): use autocompress.compress(model, config)")
-        prep = self.prepared
+        prep = self._prepare()  # the LayerTable and the data for recovery are the search's
         base = model if model is not None else prep.model
         record = next(r for r in self.records if int(r["trial"]) == int(trial))
         recovery = self.recovery
         if (record.get("metrics") or {}).get("fidelity") == "screen":
             recovery = replace(recovery, finetune_steps=0)
         return apply(base, prep.table, self.config(trial), data=prep.data, recovery=recovery, seed=self.seed)
+
+    def _prepare(self) -> Prepared:
+        """The searched model, data and target: the search's own, or (for :func:`load`) rebuilt
+        from the run directory's settings the first time they are needed."""
+        if self.prepared is None:
+            args = resume_arguments(self.run_dir)
+            if str(args["model"]).endswith("(user model)"):
+                raise UserError(f"{self.run_dir} searched a Python nn.Module, which cannot be rebuilt from the run "
+                                f"directory: pass it, e.g. result.apply(trial, model), or use autocompress.compress")
+            self.prepared = prepare(args["model"], args["data"], args["target"], weights=args["weights"],
+                                    val_samples=args["val_samples"], val_split=args["val_split"],
+                                    normalize=args["normalize"], log=lambda s: None)
+        return self.prepared
 
     def export(self, candidate="best", fmt: str = "yaml", path: str | Path | None = None) -> Path:
         """Write ``candidate`` (trial number, Pareto row or ``"best"``) as ``fmt``: yaml / json
@@ -209,7 +220,7 @@ class SearchResult:
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
         trial = self._trial(candidate)
-        suffix = {"yaml": "yaml", "json": "json", "csv": "csv", "torch": "pt"}.get(fmt, fmt)
+        suffix = {"torch": "pt", "ort-overrides": "json"}.get(fmt, fmt)
         path = Path(path) if path is not None else self.run_dir / f"trial{trial}.{suffix}"
         table = self.prepared.table if self.prepared is not None else RunDirectory(self.run_dir).layers()[0]
         do_export(self.config(trial), table, fmt, path, model_builder=lambda: self.apply(trial))
@@ -245,14 +256,36 @@ class SearchResult:
     def reproduce(self, trial: int) -> Metrics:
         """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
         record = next(r for r in self.records if int(r["trial"]) == int(trial))
+        prep = self._prepare()
         threads = torch.get_num_threads()
         torch.set_num_threads(int(record.get("threads") or threads))
         fidelity = (record.get("metrics") or {}).get("fidelity", "full")
         try:
-            return self.prepared.evaluator(self.recovery, self.metric, self.seed).evaluate(
+            return prep.evaluator(self.recovery, self.metric, self.seed).evaluate(
                 self.config(trial), fidelity=fidelity)
         finally:
             torch.set_num_threads(threads)
+
+
+def load(run_dir: str | Path) -> SearchResult:
+    """The result of the search in ``run_dir`` (finished or interrupted), as :func:`search`
+    returned it: trials, Pareto set, hypervolume, baseline. ``apply``, ``export``, ``finetune``
+    and ``reproduce`` rebuild the searched model and data from the run's settings when first
+    needed (a searched Python ``nn.Module`` cannot be rebuilt: ``apply(trial, model)`` takes it)."""
+    from autocompress.search.rundir import hypervolume_reference, pareto_of, trials_frame
+
+    rd = RunDirectory(run_dir)
+    args = resume_arguments(run_dir)  # one line if it is not a run directory
+    records = rd.trials()
+    frame = trials_frame(records)
+    saved = json.loads((rd.path / "pareto.json").read_text()) if (rd.path / "pareto.json").is_file() else {}
+    objectives = rd.settings["search"]["objectives"]
+    ref = saved.get("reference_point") or hypervolume_reference(objectives, args["constraints"].max_acc_drop,
+                                                                 rd.baseline)
+    pareto, hv = pareto_of(frame, objectives, ref)
+    report = rd.path / "report.html"
+    return SearchResult(rd.path, frame, pareto, hv, rd.baseline, records, None, args["recovery"], args["seed"],
+                        args["metric"], report_path=report if report.is_file() else None)
 
 
 def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: int | None = None,

@@ -612,16 +612,9 @@ def export(
                                   val_samples=args["val_samples"], val_split=args["val_split"],
                                   normalize=args["normalize"])
 
-    def build():
-        from dataclasses import replace
-        from autocompress.compress import apply
-
-        recovery = args["recovery"]
-        if record["metrics"].get("fidelity") == "screen":
-            recovery = replace(recovery, finetune_steps=0)
-        return apply(prep.model, prep.table, config, data=prep.data, recovery=recovery, seed=args["seed"])
-
-    what = do_export(config, prep.table, fmt, out, model_builder=build)
+    result = api.load(run_dir)
+    result.prepared = prep  # prepared above with a progress display
+    what = do_export(config, prep.table, fmt, out, model_builder=lambda: result.apply(record["trial"]))
     from autocompress.report import prune_notes
 
     notes = prune_notes(prep.table, config)
@@ -830,7 +823,8 @@ def apply_cmd(
                   f"({metrics.cost_origin})")
     console.print(f"  size: {metrics.size_bytes / 1e6:.2f} MB modeled packed size (weights at their bit-widths plus "
                   f"scales, what the target stores); the file is {out.stat().st_size / 1e6:.2f} MB "
-                  f"(TorchScript keeps float weights that simulate the integers)")
+                  f"(TorchScript keeps quantised weights as packed integers and per-channel scales; biases, "
+                  f"batch norm and float layers stay fp32)")
     if record is not None:
         m = record.get("metrics") or {}
         same = m.get("accuracy") is not None and abs(m["accuracy"] - metrics.accuracy) < 1e-9

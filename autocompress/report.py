@@ -424,11 +424,10 @@ def build_report(run_dir: str | Path, *, pick: int | None = None, carbon: Carbon
 
 
 def _reference_point(settings: dict, baseline: dict, objectives: dict) -> dict:
+    from autocompress.search.rundir import hypervolume_reference
+
     drop = ((settings.get("search") or {}).get("constraints") or {}).get("max_acc_drop")
-    ref = {"energy_reduction": 1.0,
-           "accuracy": max(0.0, baseline["accuracy"] - (drop / 100 if drop is not None else baseline["accuracy"])),
-           "size_bytes": float(baseline["size_bytes"]), "latency_ms": float(baseline["latency_ms"])}
-    return {k: ref[k] for k in objectives}
+    return hypervolume_reference(objectives, drop, baseline)
 
 
 def _layers_of(rd: RunDirectory, settings: dict):

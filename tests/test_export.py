@@ -180,3 +180,28 @@ def test_onnxruntime_quantises_the_exported_float_graph_to_our_integers_with_the
     ours = onnx_session(tmp_path / "ours.onnx").run(None, {"input": x.numpy()})[0]
     theirs = onnx_session(tmp_path / "q.onnx").run(None, {"input": x.numpy()})[0]
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_load_gives_back_the_search_result_and_rebuilds_its_model(run_dir, tmp_path, digits):
+    import autocompress
+
+    result = autocompress.load(run_dir)
+    saved = json.loads((run_dir / "pareto.json").read_text())
+    assert len(result.trials) == len(_trials(run_dir)) == 4
+    assert sorted(result.pareto["trial"]) == sorted(c["trial"] for c in saved["candidates"])
+    assert result.hypervolume == pytest.approx(saved["hypervolume"], rel=1e-12)
+    best = result.best()
+    record = next(t for t in _trials(run_dir) if t["trial"] == best["trial"])
+    assert result.config(best).to_dict() == record["config"]
+    model = result.apply(best)  # rebuilt from the run's settings: the model, its weights and data
+    with torch.no_grad():
+        acc = (model(digits.val_x).argmax(1) == digits.val_y).float().mean().item()
+    assert acc == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
+    path = result.export(best, "ort-overrides", tmp_path / "best.json")
+    recipe = json.loads(path.read_text())
+    quantised = [k for k, v in record["config"]["layers"].items() if v.get("wbits", 32) < 32]
+    assert sorted(t[:-len(".weight")] for t in recipe["quantize_static"]["extra_options"]["TensorQuantOverrides"]
+                  if t.endswith(".weight")) == sorted(quantised)
+    with pytest.raises(autocompress.UserError, match="not a run directory"):
+        autocompress.load(tmp_path)

@@ -71,13 +71,10 @@ class RunSettings:
 
 
 def reference_point(problem: Problem, baseline: dict) -> dict[str, float]:
-    """The hypervolume's reference point: the uncompressed model's energy and size, and the
-    lowest accuracy the constraints accept."""
-    drop = problem.constraints.max_acc_drop
-    ref = {"energy_reduction": 1.0,
-           "accuracy": max(0.0, baseline["accuracy"] - (drop / 100 if drop is not None else baseline["accuracy"])),
-           "size_bytes": float(baseline["size_bytes"]), "latency_ms": float(baseline["latency_ms"])}
-    return {k: ref[k] for k in problem.objectives}
+    """The hypervolume's reference point of ``problem`` (:func:`~autocompress.search.rundir.hypervolume_reference`)."""
+    from autocompress.search.rundir import hypervolume_reference
+
+    return hypervolume_reference(problem.objectives, problem.constraints.max_acc_drop, baseline)
 
 
 def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundir: RunDirectory, *,

@@ -249,6 +249,15 @@ def trials_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values("trial", kind="stable").reset_index(drop=True)
 
 
+def hypervolume_reference(objectives: dict[str, str], max_acc_drop: float | None, baseline: dict) -> dict[str, float]:
+    """The hypervolume's reference point: the uncompressed model's energy and size, and the
+    lowest accuracy the constraints accept."""
+    acc = baseline["accuracy"]
+    ref = {"energy_reduction": 1.0, "accuracy": max(0.0, acc - (max_acc_drop / 100 if max_acc_drop is not None else acc)),
+           "size_bytes": float(baseline["size_bytes"]), "latency_ms": float(baseline.get("latency_ms") or 0.0)}
+    return {k: ref[k] for k in objectives}
+
+
 def pareto_of(frame: pd.DataFrame, objectives: dict[str, str], reference_point: dict[str, float]):
     # a config proposed again counts once (its first trial)
     feasible = frame[(frame["status"] == "ok") & frame["duplicate_of"].isna()].reset_index(drop=True)
