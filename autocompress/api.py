@@ -182,10 +182,12 @@ class SearchResult:
         ascending = objective in ("size_bytes", "latency_ms", "energy_mj", "accuracy_drop")
         return rows.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
 
-    def apply(self, trial, model: nn.Module | None = None) -> nn.Module:
+    def apply(self, trial, model: nn.Module | None = None, *, structure_only: bool = False) -> nn.Module:
         """Build the compressed model of ``trial`` (from the searched model by default), with
         the recovery that trial's metrics were measured after. ``apply(model, candidate)``
-        works too; a candidate is a trial number, a Pareto row or ``"best"``."""
+        works too; a candidate is a trial number, a Pareto row or ``"best"``. ``structure_only``:
+        pruning, ranks and dropped blocks in float, for a tool that quantises itself
+        (:mod:`autocompress.peer`)."""
         from dataclasses import replace
 
         if isinstance(trial, nn.Module):  # apply(model, candidate)
@@ -197,7 +199,12 @@ class SearchResult:
         recovery = self.recovery
         if (record.get("metrics") or {}).get("fidelity") == "screen":
             recovery = replace(recovery, finetune_steps=0)
-        return apply(base, prep.table, self.config(trial), data=prep.data, recovery=recovery, seed=self.seed)
+        config = self.config(trial)
+        if structure_only:
+            from autocompress.peer import float_structure
+
+            config = float_structure(config)
+        return apply(base, prep.table, config, data=prep.data, recovery=recovery, seed=self.seed)
 
     def _prepare(self) -> Prepared:
         """The searched model, data and target: the search's own, or (for :func:`load`) rebuilt
@@ -220,7 +227,7 @@ class SearchResult:
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
         trial = self._trial(candidate)
-        suffix = {"torch": "pt", "ort-overrides": "json"}.get(fmt, fmt)
+        suffix = {"torch": "pt", "ort-overrides": "json", "nncf": "json", "inc": "json"}.get(fmt, fmt)
         path = Path(path) if path is not None else self.run_dir / f"trial{trial}.{suffix}"
         table = self.prepared.table if self.prepared is not None else RunDirectory(self.run_dir).layers()[0]
         do_export(self.config(trial), table, fmt, path, model_builder=lambda: self.apply(trial))

@@ -592,7 +592,8 @@ def export(
     fmt: str = typer.Option("yaml", "--format", help="json, yaml (the config), csv (per-layer table), torch "
                             "(TorchScript model, integer weights), onnx (QDQ ONNX model), ort-overrides (a float "
                             "ONNX graph and the quantize_static recipe that makes onnxruntime write the same "
-                            "integers)"),
+                            "integers), nncf / inc (what NNCF / Intel Neural Compressor should quantise on the "
+                            "float structure)"),
     out: Path = typer.Option(..., help="file to write"),
 ):
     """Export a candidate of a finished search."""

@@ -14,7 +14,7 @@ from autocompress.config import FLOAT_BITS, CompressionConfig, effective_ratios,
 from autocompress.graph import LayerTable
 from autocompress.utils import atomic_write_text
 
-FORMATS = ("json", "yaml", "csv", "torch", "onnx", "ort-overrides")
+FORMATS = ("json", "yaml", "csv", "torch", "onnx", "ort-overrides", "nncf", "inc")
 
 
 def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
@@ -131,6 +131,16 @@ def export(config: CompressionConfig, table: LayerTable, fmt: str, out: str | Pa
     if fmt == "csv":
         atomic_write_text(out, layer_table(table, config).to_csv(index=False))
         return "per-layer table (CSV)"
+    if fmt in ("nncf", "inc"):
+        from autocompress import peer
+        from autocompress.utils import atomic_write_json
+
+        recipe = (peer.nncf_recipe if fmt == "nncf" else peer.inc_recipe)(table, config)
+        atomic_write_json(out, recipe)
+        tool = "NNCF" if fmt == "nncf" else "Intel Neural Compressor"
+        cannot = f"; {len(recipe['notes'])} notes on what {tool} cannot take as searched (in the file)" \
+            if recipe["notes"] else ""
+        return f"{tool} recipe for the float structure (autocompress.peer){cannot}"
     model = model_builder()
     if fmt == "onnx":
         from autocompress.onnx_export import export_onnx

@@ -205,3 +205,16 @@ def test_load_gives_back_the_search_result_and_rebuilds_its_model(run_dir, tmp_p
                   if t.endswith(".weight")) == sorted(quantised)
     with pytest.raises(autocompress.UserError, match="not a run directory"):
         autocompress.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_export_writes_the_peer_recipes_of_the_picked_trial(run_dir, tmp_path):
+    best = _best(run_dir)
+    record = next(t for t in _trials(run_dir) if t["trial"] == best["trial"])
+    floats = sorted(n for n, lc in record["config"]["layers"].items() if lc.get("wbits") is None)
+    for fmt, key in (("nncf", "autocompress nncf v1"), ("inc", "autocompress inc v1")):
+        r = cli("export", str(run_dir), "--format", fmt, "--out", str(tmp_path / f"b.{fmt}.json"))
+        assert r.returncode == 0, r.stderr[-1500:]
+        recipe = json.loads((tmp_path / f"b.{fmt}.json").read_text())
+        assert recipe["format"] == key
+        assert sorted(n for n, lay in recipe["layers"].items() if lay["searched_weight_bits"] is None) == floats
