@@ -204,5 +204,7 @@ def _live_batches(data: DataBundle, batch_size: int, g: torch.Generator):
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits for ``x`` in float32 (eval mode, no autocast: what the numbers are reported on)."""
+    from autocompress.data import chunks
+
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(xb) for xb in chunks(x, batch_size)])

@@ -1,7 +1,9 @@
-"""Data sets, held in memory as tensors: ``digits`` (default), ``imagefolder:PATH``, user data.
+"""Data sets: ``digits`` (default), ``imagefolder:PATH``, user data.
 
-Everything becomes a :class:`DataBundle`: normalised float train / val / test tensors plus what
-the rest of the pipeline needs to know (classes, input shape, a fingerprint for caches).
+Everything becomes a :class:`DataBundle`: normalised float train / val / test images plus what
+the rest of the pipeline needs to know (classes, input shape, a fingerprint for caches). Images
+are tensors in memory, or, for a folder too large to hold decoded, :class:`ImageFiles` that read
+and decode each batch from disk (the pipeline indexes both alike: ``x[idx]`` is a batch).
 
 Three splits, so that no figure is reported on the images it was chosen on: the search decides
 on ``val`` (class-balanced, held out from the training data: no candidate is fine-tuned on it),
@@ -16,8 +18,9 @@ from typing import Iterator
 import torch
 
 from autocompress._errors import UserError, unknown_name
+from autocompress.data._stream import ImageFiles, take  # noqa: F401 - ImageFiles: the streamed type
 
-__all__ = ["DataBundle", "resolve_data", "from_torch", "DATASETS"]
+__all__ = ["DataBundle", "ImageFiles", "resolve_data", "from_torch", "DATASETS"]
 
 
 @dataclass
@@ -42,6 +45,9 @@ class DataBundle:
         """Stable hash of the contents, for cache keys (baseline training)."""
         h = hashlib.sha256()
         for t in (self.train_x, self.train_y, self.val_x, self.val_y, *self._test):
+            if not isinstance(t, torch.Tensor):  # images still on disk: their files and transform
+                h.update(t.fingerprint_bytes())
+                continue
             # a strided sample keeps this fast on large sets while still changing with the data
             flat = t.reshape(-1)
             step = max(1, flat.numel() // 1_000_000)
@@ -58,7 +64,7 @@ class DataBundle:
         if not n or n >= len(self.val_y):
             return self
         idx = balanced_indices(self.val_y, n, seed)
-        return replace(self, val_x=self.val_x[idx], val_y=self.val_y[idx],
+        return replace(self, val_x=take(self.val_x, idx), val_y=self.val_y[idx],
                        notes=self.notes + [f"validation on a fixed class-balanced subset of {n} samples"])
 
     def without_test(self) -> "DataBundle":
@@ -75,8 +81,8 @@ class DataBundle:
         idx = balanced_indices(self.train_y, n, seed)
         keep = torch.ones(len(self.train_y), dtype=torch.bool)
         keep[idx] = False
-        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
-                       val_x=self.train_x[idx], val_y=self.train_y[idx], test_x=self.val_x, test_y=self.val_y,
+        return replace(self, train_x=take(self.train_x, keep), train_y=self.train_y[keep],
+                       val_x=take(self.train_x, idx), val_y=self.train_y[idx], test_x=self.val_x, test_y=self.val_y,
                        notes=self.notes + [f"validation: {n} class-balanced images held out from the training "
                                            f"data (the search decides on them); test: the {len(self.val_y)} "
                                            f"images of the held-out split (final figures only)"])
@@ -106,9 +112,32 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool 
             generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(y)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
-        yield x[idx], y[idx]
+    for xb, idx in _prefetched(x, [order[i:i + batch_size] for i in range(0, n, batch_size)]):
+        yield xb, y[idx]
+
+
+def chunks(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """``x`` in consecutive batches (read ahead by one where the images are on disk)."""
+    for xb, _ in _prefetched(x, [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]):
+        yield xb
+
+
+def _prefetched(x, keys: list) -> Iterator[tuple[torch.Tensor, object]]:
+    """(x[key], key) for each key; images on disk are read one batch ahead, in a thread, while the
+    caller computes on the current one."""
+    if isinstance(x, torch.Tensor) or len(keys) < 2:
+        for k in keys:
+            yield x[k], k
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="autocompress-prefetch") as pool:
+        ahead = pool.submit(x.__getitem__, keys[0])
+        for i, k in enumerate(keys):
+            current = ahead.result()
+            if i + 1 < len(keys):
+                ahead = pool.submit(x.__getitem__, keys[i + 1])
+            yield current, k
 
 
 def _digits(seed: int = 0) -> DataBundle:
