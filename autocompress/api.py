@@ -364,7 +364,8 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            prepared: Prepared | None = None, raise_if_infeasible: bool = True,
            grid_gco2_kwh: float | None = None, pue: float | None = None, country: str | None = None,
            measure_energy: bool = True, report: bool = True, mlflow: str | bool | None = None,
-           run_files: dict[str, str] | None = None) -> SearchResult:
+           run_files: dict[str, str] | None = None, settings: SearchSettings | None = None,
+           run: RunSettings | None = None) -> SearchResult:
     """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
 
     ``model`` is a zoo name, ``module:callable`` or an nn.Module (used as trained); data is
@@ -380,37 +381,28 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     ``measure_energy`` tracks the search's own energy (codecarbon); ``report`` writes
     report.html and its plots into the run directory at the end. ``run_files`` (name -> text) are
     written into a new run directory beside settings.json (the CLI's search.yaml).
+
+    ``settings`` (what to search) and ``run`` (how to run it), as Ray Tune's TuneConfig and
+    RunConfig: where given, they stand for the keywords they hold (trials, algorithm, seed,
+    objectives, constraints, clip_range; workers, cpus_per_trial, gpus_per_trial, ray_address,
+    storage), which are sugar for building them.
     """
     from autocompress.carbon import carbon_settings
-    from autocompress.search.problem import OBJECTIVES
     from autocompress.search_energy import SearchEnergyMeter
 
-    if isinstance(constraints, dict):
-        from dataclasses import fields
-
-        valid = [f.name for f in fields(Constraints)]
-        unknown = [k for k in constraints if k not in valid]
-        if unknown:
-            raise UserError(f"unknown constraint {unknown[0]!r}; valid: {', '.join(valid)}")
-        constraints = Constraints(**constraints)
-    constraints = constraints or Constraints()
-    if objectives is None:
-        objectives = {"energy_reduction": "max", "accuracy": "max"}
-    elif not isinstance(objectives, dict):
-        unknown = [o for o in objectives if o not in OBJECTIVES]
-        if unknown:
-            raise UserError(f"unknown objective {unknown[0]!r}; valid: {', '.join(OBJECTIVES)}")
-        objectives = {o: OBJECTIVES[o] for o in objectives}
     if metric not in ("top1", "top5", "macro_f1"):
         raise UserError(f"unknown metric {metric!r}; valid: top1, top5, macro_f1")
-    search_ = SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objectives,
-                             constraints=constraints, clip_range=clip_range)
-    if workers is None and (prepared.profile if prepared else load_target(target)).measures_built_models:
-        workers = 1  # trials timed side by side on one machine would slow each other down
-    if resume is not None and storage is None and (Path(resume) / "settings.json").is_file():
-        storage = (json.loads((Path(resume) / "settings.json").read_text()).get("run") or {}).get("storage")
-    run_ = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                       ray_address=ray_address, storage=storage)
+    search_ = settings or SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objectives,
+                                         constraints=constraints, clip_range=clip_range)
+    trials, objectives, constraints, seed = search_.trials, search_.objectives, search_.constraints, search_.seed
+    if run is None:
+        if workers is None and (prepared.profile if prepared else load_target(target)).measures_built_models:
+            workers = 1  # trials timed side by side on one machine would slow each other down
+        if resume is not None and storage is None and (Path(resume) / "settings.json").is_file():
+            storage = (json.loads((Path(resume) / "settings.json").read_text()).get("run") or {}).get("storage")
+        run = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                          ray_address=ray_address, storage=storage)
+    run_ = run
     recovery = recovery or Recovery()
     carbon = carbon_settings(grid_gco2_kwh, pue, country)  # checked before anything is trained
     if mlflow:
@@ -452,12 +444,12 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
             if (rundir.path / "trials.jsonl").exists():
                 raise UserError(f"{rundir.path} already holds a search; resume it with --resume or choose another --out")
             baseline = evaluator.baseline_metrics().to_dict()
-            settings = {"fingerprint": fingerprint, "inputs": prep.inputs, "space": bound.space.model_dump(),
+            saved = {"fingerprint": fingerprint, "inputs": prep.inputs, "space": bound.space.model_dump(),
                         "space_params": [p.name for p in bound.params], "recovery": asdict(recovery),
                         "metric": metric, "notes": prep.notes + bound.notes, **settings_dict(search_, run_),
                         "carbon": {**carbon.to_dict(), "country": country}}
             try:
-                rundir.create(settings, baseline)
+                rundir.create(saved, baseline)
                 from autocompress.utils import atomic_write_text
 
                 for name, text in (run_files or {}).items():

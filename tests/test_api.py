@@ -71,3 +71,31 @@ def test_best_apply_and_export(two_searches, trained_tiny, digits, tmp_path):
         result.export("best", "onnx2", tmp_path / "x")
     with pytest.raises(autocompress.UserError, match="no trial 99"):
         result.config(99)
+
+
+def test_settings_objects_are_checked_where_they_enter_and_stand_for_the_keywords():
+    from autocompress.search import RunSettings, SearchSettings
+
+    s = SearchSettings(trials=3, objectives=["energy_reduction", "accuracy"], constraints={"max_acc_drop": 2})
+    assert s.objectives == {"energy_reduction": "max", "accuracy": "max"} and s.constraints.max_acc_drop == 2
+    with pytest.raises(autocompress.UserError, match="unknown constraint 'nonsense'; valid: max_acc_drop"):
+        SearchSettings(constraints={"nonsense": 1})
+    with pytest.raises(autocompress.UserError, match="unknown objective 'speed'"):
+        SearchSettings(objectives=["speed"])
+    with pytest.raises(autocompress.UserError, match="--workers must be at least 1"):
+        RunSettings(workers=0).resolved()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_search_takes_search_and_run_settings(tmp_path, trained_tiny, digits):
+    from autocompress.search import RunSettings, SearchSettings
+
+    result = autocompress.search(trained_tiny, data=None, train_data=_ds(digits.train_x, digits.train_y),
+                                 val_data=_ds(digits.val_x, digits.val_y), out=tmp_path / "r", log=lambda s: None,
+                                 settings=SearchSettings(trials=2, algorithm="random", seed=3,
+                                                         constraints={"max_acc_drop": 50}),
+                                 run=RunSettings(workers=1), report=False, measure_energy=False)
+    saved = json.loads((tmp_path / "r" / "settings.json").read_text())
+    assert len(result.records) == 2 and saved["search"]["algorithm"] == "random" and saved["search"]["seed"] == 3
+    assert saved["search"]["constraints"]["max_acc_drop"] == 50 and saved["run"]["workers"] == 1

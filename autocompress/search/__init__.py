@@ -21,7 +21,9 @@ __all__ = ["SearchSettings", "RunSettings", "Constraints", "Problem", "RunDirect
 
 @dataclass
 class SearchSettings:
-    """What to search."""
+    """What to search. Every value is checked here, where it enters (one line per bad value):
+    ``objectives`` may be names (``["energy_reduction", "accuracy"]``) or name -> "max"/"min";
+    ``constraints`` a :class:`Constraints` or a dict of its fields."""
 
     trials: int = 32
     algorithm: str = "nsga2"
@@ -31,6 +33,24 @@ class SearchSettings:
     clip_range: tuple[float, float] | None = None  # quantisation range every candidate clips to
 
     def __post_init__(self):
+        if self.objectives is None:
+            self.objectives = {"energy_reduction": "max", "accuracy": "max"}
+        names = list(self.objectives)
+        unknown = [o for o in names if o not in OBJECTIVES]
+        if unknown:
+            raise UserError(f"unknown objective {unknown[0]!r}; valid: {', '.join(OBJECTIVES)}")
+        if not isinstance(self.objectives, dict):
+            self.objectives = {o: OBJECTIVES[o] for o in names}
+        if self.constraints is None:
+            self.constraints = Constraints()
+        elif isinstance(self.constraints, dict):
+            from dataclasses import fields
+
+            valid = [f.name for f in fields(Constraints)]
+            unknown = [k for k in self.constraints if k not in valid]
+            if unknown:
+                raise UserError(f"unknown constraint {unknown[0]!r}; valid: {', '.join(valid)}")
+            self.constraints = Constraints(**self.constraints)
         if not isinstance(self.trials, int) or self.trials < 1:
             raise UserError(f"--trials must be at least 1, not {self.trials}")
         if self.algorithm not in ALGORITHMS:
