@@ -113,7 +113,8 @@ def run(root: Path, weights: Path, args) -> dict:
     from autocompress.data import ImageFiles
 
     data = result.prepared.data
-    return {"images": len(data.train_y) + len(data.val_y) + (len(data.test_y) if data.test_y is not None else 0),
+    return {"split_images": {"train": len(data.train_y), "val_subset": len(data.val_y),
+                             "test": len(data.test_y) if data.test_y is not None else 0},
             "streamed": isinstance(data.train_x, ImageFiles), "trials": len(result.records),
             "eval_images_per_s": round(images / seconds, 1) if seconds else None, "wall_s": round(time.time() - t0, 1),
             **peak.summary()}
@@ -147,7 +148,7 @@ def main() -> None:
         t = time.time()
         n = generate(root, args.classes, per_class, args.val_per_class)
         print(f"{label}: {n:,} images in {root} ({time.time() - t:.0f} s to generate)", flush=True)
-        rows[label] = run(root, weights, args)
+        rows[label] = {"images": n, **run(root, weights, args)}
         print(f"  {rows[label]}", flush=True)
     s, big = rows["small"], rows["large"]
     out = {"images_small": s["images"], "images_large": big["images"],
