@@ -218,3 +218,28 @@ def test_export_writes_the_peer_recipes_of_the_picked_trial(run_dir, tmp_path):
         recipe = json.loads((tmp_path / f"b.{fmt}.json").read_text())
         assert recipe["format"] == key
         assert sorted(n for n, lay in recipe["layers"].items() if lay["searched_weight_bits"] is None) == floats
+
+
+@pytest.mark.slow
+def test_nncf_consumes_the_nncf_export_of_a_searched_model(run_dir, tmp_path, digits, monkeypatch):
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'nncf>=3.4')")
+    from nncf.torch.quantization import extensions
+
+    import autocompress
+    from autocompress.peer import nncf_quantize
+
+    # NNCF's C++ kernels take ~40 s to compile on first use; its own torch fallback computes the same
+    monkeypatch.setattr(extensions.QuantizedFunctionsCPULoader, "load",
+                        classmethod(lambda cls: extensions.ReferenceQuantizedFunctions))
+    assert cli("export", str(run_dir), "--format", "nncf", "--out", str(tmp_path / "b.json")).returncode == 0
+    recipe = json.loads((tmp_path / "b.json").read_text())
+    structure = autocompress.load(run_dir).apply("best", structure_only=True)
+    quantized = nncf_quantize(structure, recipe, [digits.val_x[i:i + 32] for i in range(0, 128, 32)])
+    hooks = quantized.__nncf_hooks.pre_hooks
+    int8 = {n for n, lay in recipe["layers"].items() if lay["searched_weight_bits"] is not None}
+    got = {n for n in recipe["layers"] if any(k.startswith(n.replace(".", "/") + "/") and k.endswith("__1")
+                                              for k in hooks)}
+    assert got == int8  # a weight quantizer on exactly the layers the search quantised
+    with torch.no_grad():
+        agree = (quantized(digits.val_x).argmax(1) == structure(digits.val_x).argmax(1)).float().mean().item()
+    assert agree > 0.9  # int8 of the float structure: nearly the same predictions
