@@ -146,8 +146,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, *, activation_qdq: bool = 
                                     float(inq.qparams()[0]) if isinstance(inq, ActQuant) else None)
     for conv_name, bn_name in _conv_bn_pairs(m, example):
         _fold(modules[conv_name], modules[bn_name], qlayers.get(conv_name))
-        parent, _, child = bn_name.rpartition(".")
-        setattr(modules[parent] if parent else m, child, nn.Identity())
+        m.set_submodule(bn_name, nn.Identity())
     for name, mod in modules.items():
         inq = getattr(mod, "input_quant", None)
         if isinstance(inq, ActQuant):

@@ -13,7 +13,5 @@ __all__ = ["drop_blocks"]
 def drop_blocks(model: nn.Module, table: LayerTable, config: CompressionConfig) -> nn.Module:
     """Replace each block the config drops by the identity (its skip connection), in place."""
     for name in check_blocks(table, config):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, nn.Identity())
+        model.set_submodule(name, nn.Identity())
     return model

@@ -32,7 +32,6 @@ def fold_batchnorms(model: nn.Module, table: LayerTable) -> list[str]:
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         new_bias = bn.bias + (bias - bn.running_mean) * scale
         conv.bias = nn.Parameter(new_bias)
-        parent_name, _, child = layer.batchnorm.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+        model.set_submodule(layer.batchnorm, nn.Identity())
         folded.append(layer.batchnorm)
     return folded

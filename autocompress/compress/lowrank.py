@@ -54,11 +54,12 @@ def factorize_layers(model: nn.Module, config: CompressionConfig) -> nn.Module:
     for name, lc in config.layers.items():
         if lc.rank is None:
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = getattr(parent, child, None)
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):  # absent when its block was dropped
-            setattr(parent, child, factorize(layer, lc.rank))
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:  # absent when its block was dropped
+            continue
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            model.set_submodule(name, factorize(layer, lc.rank))
     return model
 
 
