@@ -323,10 +323,7 @@ def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: in
 
 def resume_arguments(run_dir: str | Path) -> dict:
     """The keyword arguments of :func:`search` that a run directory was made with."""
-    path = Path(run_dir) / "settings.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
-    old = json.loads(path.read_text())
+    old = RunDirectory.existing(run_dir).settings
     inp, s = old["inputs"], old["search"]
     from autocompress.space import SearchSpace
 
@@ -411,9 +408,7 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
         except ImportError:
             raise UserError("mlflow= needs MLflow: pip install 'autocompress[mlflow]'") from None
     if resume is not None:
-        rundir = RunDirectory(resume)
-        if not (rundir.path / "settings.json").is_file():
-            raise UserError(f"{resume} is not a run directory (no settings.json)")
+        rundir = RunDirectory.existing(resume)
     prep = prepared or prepare(model, data, target, weights=weights, train_data=train_data, val_data=val_data,
                                test_data=test_data, num_classes=num_classes, input_shape=input_shape,
                                val_samples=val_samples, val_split=val_split, normalize=normalize, log=log)

@@ -486,8 +486,9 @@ def report(
     from autocompress.carbon import carbon_settings
     from autocompress.report import build_report
 
-    if not (run_dir / "settings.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
+    from autocompress.search.rundir import RunDirectory
+
+    RunDirectory.existing(run_dir)
     carbon = carbon_settings(grid_gco2_kwh, pue, country, queries, stored=_stored_carbon(run_dir))
     if pick == "best":
         trial = None

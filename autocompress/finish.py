@@ -43,9 +43,7 @@ def cpu_model() -> str:
 def pick_record(run_dir: str | Path, pick="best", max_acc_drop: float | None = None) -> dict:
     """The record of trial ``pick`` (a number) or of the best Pareto candidate (highest energy
     reduction within ``max_acc_drop``, default: the search's own limit)."""
-    rd = RunDirectory(run_dir)
-    if not (rd.path / "settings.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no settings.json)")
+    rd = RunDirectory.existing(run_dir)
     records = rd.trials()
     if str(pick) == "best":
         pareto = json.loads((rd.path / "pareto.json").read_text()) if (rd.path / "pareto.json").exists() else {}

@@ -323,8 +323,6 @@ def export_ort_overrides(model: nn.Module, example: torch.Tensor, path: str | Pa
     ``TensorQuantOverrides`` (type, per-channel scales, zero points) that make it write the same
     integers as this model computes with. Returns the graph's path and what onnxruntime cannot
     take as the model has it. :func:`ort_quantize_kwargs` reads the recipe back."""
-    import onnx
-
     path = Path(path)
     graph_path = path.with_suffix(".onnx") if path.suffix == ".json" else path.with_name(path.name + ".onnx")
     prepared, qlayers, _ = _prepare(model, example[:1], activation_qdq=False)

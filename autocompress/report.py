@@ -373,9 +373,9 @@ that ran the trials.</p>
 def build_report(run_dir: str | Path, *, pick: int | None = None, carbon: CarbonSettings | None = None,
                  max_acc_drop: float | None = None) -> Report:
     """Everything the report shows, from the run directory alone."""
-    rd = RunDirectory(run_dir)
-    if not (rd.path / "settings.json").is_file() or not (rd.path / "baseline.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no settings.json / baseline.json)")
+    rd = RunDirectory.existing(run_dir)
+    if not (rd.path / "baseline.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no baseline.json)")
     settings, baseline, records = rd.settings, rd.baseline, rd.trials()
     carbon = carbon or carbon_settings(stored=settings.get("carbon"))
     frame = trials_frame(records)

@@ -41,6 +41,16 @@ class RunDirectory:
         self.path = Path(path)
         self._tables: dict | None = None  # what add_to_tables needs, set by write_tables
 
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunDirectory":
+        """The run directory at ``path``, or one line saying it is not one (no settings.json)."""
+        rd = cls(path)
+        if not (rd.path / "settings.json").is_file():
+            from autocompress._errors import UserError
+
+            raise UserError(f"{path} is not a run directory (no settings.json)")
+        return rd
+
     @contextlib.contextmanager
     def lock(self):
         """Hold the run directory for one search: an OS-level lock on ``.lock``, so a second
