@@ -81,7 +81,7 @@ def test_a_race_shares_the_budget_and_finishes_the_highest_energy_survivor(tmp_p
     space.write_text("name: s\nexclude: [first, last]\nknobs:\n"
                      "  - {knob: prune, per: group, layers: ['layer3.*', 'layer4.*'], choices: [0.0, 0.25, 0.5, 0.75]}\n")
     torch.manual_seed(0)
-    result = api.search(tiny_resnet(), data="digits", target="tpu-v1", space=str(space), trials=4, seed=0,
+    result = api.search(tiny_resnet(), data="digits", target="tpu-v1", space=str(space), trials=6, seed=0,
                         recovery=Recovery(finetune_steps=3), constraints={"max_acc_drop": 100}, workers=1,
                         out=tmp_path / "run", report=False, measure_energy=False, algorithm="random")
     tuned = [r for r in result.records if (r.get("metrics") or {}).get("fidelity") == "full"
