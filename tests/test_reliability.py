@@ -430,3 +430,35 @@ def test_a_space_with_an_infinite_step_or_range_is_refused(tmp_path):
                  "{knob: wbits, choices: [4, .nan]}"):
         with pytest.raises(Exception, match="finite"):
             SearchSpace.model_validate(__import__("yaml").safe_load(f"name: s\nknobs:\n  - {knob}\n"))
+
+
+def test_a_session_left_by_a_search_killed_with_its_watcher_is_cleaned_on_the_next_start(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    import psutil
+
+    from autocompress.search._tune import clean_stale_sessions
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    session = tmp_path / "session_2026-12-06_00-00-00_000000_1"
+    session.mkdir()
+    # a process still holding the dead search's Ray session (its folder in the command line), and
+    # one of a live search, whose note must be left alone
+    left = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(120)", str(session)])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    notes = tmp_path / "cache" / "ray-sessions"
+    notes.mkdir(parents=True)
+    (notes / f"{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "created": 0.0, "session": str(session)}))
+    me = psutil.Process()
+    (notes / f"{me.pid}.json").write_text(json.dumps({"pid": me.pid, "created": me.create_time(),
+                                                      "session": str(tmp_path / "live")}))
+    try:
+        assert clean_stale_sessions() == [str(session)]
+        assert left.wait(timeout=10) is not None  # ended
+        assert sorted(p.name for p in notes.iterdir()) == [f"{me.pid}.json"]
+    finally:
+        if left.poll() is None:
+            left.kill()

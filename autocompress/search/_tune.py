@@ -188,23 +188,69 @@ for p in alive:
 
 
 def _start_reaper():
-    """Start the watcher (above) for the local Ray this process has just started; None where
-    that cannot be done (no psutil, no session folder): the search runs without it."""
+    """Start the watcher (above) for the local Ray this process has just started, and note the
+    session (:func:`clean_stale_sessions`); None where that cannot be done (no psutil, no
+    session folder): the search runs without it."""
     import subprocess
     import sys
 
     try:
-        import psutil  # noqa: F401 - codecarbon's dependency, so always there
+        import psutil
         from ray._private.worker import _global_node
 
         session = _global_node.get_session_dir_path()
         if not session:
             return None
+        me = psutil.Process()
+        _session_note(os.getpid()).write_text(json.dumps({"pid": me.pid, "created": me.create_time(),
+                                                          "session": session}))
         return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), session],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True)
     except Exception:  # noqa: BLE001 - a convenience: never a reason to fail a search
         return None
+
+
+def _session_note(pid: int) -> Path:
+    from autocompress.utils import cache_dir
+
+    return cache_dir("ray-sessions") / f"{pid}.json"
+
+
+def clean_stale_sessions(timeout: float = 15.0) -> list[str]:
+    """End what is left of local Ray sessions whose search died with its watcher too (a kill of
+    everything at once): every session noted by :func:`_start_reaper` whose driver is gone is
+    handed to the watcher's code, which ends the processes that still hold it. Returns the
+    sessions cleaned. Run before a search starts its own Ray."""
+    import subprocess
+    import sys
+
+    try:
+        import psutil
+        from autocompress.utils import cache_dir
+
+        notes = sorted(cache_dir("ray-sessions").glob("*.json"))
+    except Exception:  # noqa: BLE001 - a convenience: never a reason to fail a search
+        return []
+    cleaned = []
+    for note in notes:
+        info: dict = {}
+        try:
+            info = json.loads(note.read_text())
+            if abs(psutil.Process(info["pid"]).create_time() - info["created"]) < 1.0:
+                continue  # its search is still running
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            pass  # a dead driver (or a note it could not finish writing)
+        session = info.get("session") if isinstance(info, dict) else None
+        if session:  # the watcher's code, told of a driver that is already gone
+            try:
+                subprocess.run([sys.executable, "-c", _REAPER, str(info.get("pid", 0)), session], timeout=timeout,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cleaned.append(session)
+            except (OSError, subprocess.SubprocessError):
+                continue
+        note.unlink(missing_ok=True)
+    return cleaned
 
 
 def _trial_name(trial) -> str:
@@ -234,6 +280,7 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
                 from autocompress._errors import UserError
                 raise UserError(f"cannot connect to the Ray cluster at {ray_address}: {' '.join(str(e).split())[:200]}") from None
         else:
+            clean_stale_sessions()
             ray.init(num_cpus=max(1, int(round(workers * cpus_per_trial))), include_dashboard=False, **kwargs)
     reaper = _start_reaper() if started_here and not ray_address else None
     try:
@@ -287,3 +334,4 @@ def run_trials(problem: Problem, sampler: Sampler, *, budget: int, first_index: 
                     reaper.wait(timeout=5)
                 except Exception:  # noqa: BLE001
                     pass
+                _session_note(os.getpid()).unlink(missing_ok=True)
