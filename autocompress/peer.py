@@ -105,7 +105,8 @@ def inc_recipe(table: LayerTable, config: CompressionConfig) -> dict:
         if w != 8:
             notes.append(f"{name}: {w}-bit weights are int8 in static quantisation (INC's static path is int8 only)")
         if kind == "linear" and w <= 8:
-            rtn_local[re.escape(name) + "$"] = {"bits": w, "group_size": -1, "use_layer_wise": False}
+            # anchored (INC matches with re.match, a prefix); "(.N)?": both factors of a low-rank layer
+            rtn_local[re.escape(name) + r"(\.\d+)?$"] = {"bits": w, "group_size": -1, "use_layer_wise": False}
             layers[name]["weight_only"] = f"int{w} (RTN)"
         else:
             layers[name]["weight_only"] = "fp32 (INC's weight-only path takes Linear layers only)"

@@ -35,7 +35,7 @@ def test_recipes_say_what_each_tool_cannot_take(structure):
     assert sum("go to NNCF as int8" in n for n in nncf["notes"]) == 3  # right.0, project, head are 4-bit
     inc = inc_recipe(table, CONFIG)
     assert inc["static"]["local"] == {"stem": {"w_dtype": "fp32", "act_dtype": "fp32"}}
-    assert inc["weight_only"]["local"] == {"head$": {"bits": 4, "group_size": -1, "use_layer_wise": False}}
+    assert inc["weight_only"]["local"] == {r"head(\.\d+)?$": {"bits": 4, "group_size": -1, "use_layer_wise": False}}
     assert any("pruned channels" in n for n in inc["notes"])
     # the structure is float and pruned: left.0 kept half its 12 channels, no layer quantised
     assert model.left[0].out_channels == 6 and getattr(model.left[0], "weight_bits", None) is None
@@ -98,3 +98,18 @@ def test_inc_static_quantisation_keeps_the_float_layer_float(structure):
             layer = list(n.meta["nn_module_stack"].values())[-1][0]
             weights[layer] = n.args[1].op == "call_function" and "dequantize" in str(n.args[1].target)
     assert weights == {"stem": False, "left.0": True, "right.0": True, "dw.0": True, "project": True, "head": True}
+
+
+def test_inc_weight_only_reaches_both_factors_of_a_low_rank_linear():
+    pytest.importorskip("neural_compressor.torch", reason="Intel Neural Compressor is not installed")
+    from autocompress.compress import apply
+    from autocompress.peer import inc_weight_only
+
+    torch.manual_seed(0)
+    model = BranchyNet().eval()
+    table = trace(model, torch.zeros(1, 3, 16, 16))
+    config = CompressionConfig.from_dict({"layers": {"head": {"wbits": 3, "abits": 8, "rank": 0.5}}})
+    structure = apply(model, table, float_structure(config)).eval()
+    q = inc_weight_only(structure, inc_recipe(table, config))
+    factors = [m for n, m in q.named_modules() if n.startswith("head.")]
+    assert len(factors) == 2 and all(type(m).__name__ == "INCWeightOnlyLinear" and m.bits == 3 for m in factors)
