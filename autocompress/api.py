@@ -206,17 +206,17 @@ class SearchResult:
             config = float_structure(config)
         return apply(base, prep.table, config, data=prep.data, recovery=recovery, seed=self.seed)
 
-    def _prepare(self) -> Prepared:
+    def _prepare(self, log: Callable[[str], None] = lambda s: None) -> Prepared:
         """The searched model, data and target: the search's own, or (for :func:`load`) rebuilt
         from the run directory's settings the first time they are needed."""
         if self.prepared is None:
             args = resume_arguments(self.run_dir)
             if str(args["model"]).endswith("(user model)"):
                 raise UserError(f"{self.run_dir} searched a Python nn.Module, which cannot be rebuilt from the run "
-                                f"directory: pass it, e.g. result.apply(trial, model), or use autocompress.compress")
+                                f"directory: use the SearchResult that search() returned, or autocompress.compress")
             self.prepared = prepare(args["model"], args["data"], args["target"], weights=args["weights"],
                                     val_samples=args["val_samples"], val_split=args["val_split"],
-                                    normalize=args["normalize"], log=lambda s: None)
+                                    normalize=args["normalize"], log=log)
         return self.prepared
 
     def export(self, candidate="best", fmt: str = "yaml", path: str | Path | None = None) -> Path:
@@ -310,15 +310,9 @@ def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: in
     from autocompress.finish import finish, pick_record
 
     record = pick_record(run_dir, pick, max_acc_drop)  # a bad pick fails before anything is loaded
-    args = resume_arguments(run_dir)
-    if str(args["model"]).endswith("(user model)"):
-        raise UserError(f"{run_dir} searched a Python nn.Module, which cannot be rebuilt from the run "
-                        f"directory: call .finetune() on the SearchResult that search() returned")
-    prep = prepare(args["model"], args["data"], args["target"], weights=args["weights"],
-                   val_samples=args["val_samples"], val_split=args["val_split"], normalize=args["normalize"],
-                   log=log)
-    return finish(prep, run_dir, record, args["recovery"], epochs=epochs, steps=steps, lr=lr,
-                  seed=args["seed"], race=race, max_acc_drop=max_acc_drop, progress=progress, log=log)
+    result = load(run_dir)
+    return finish(result._prepare(log), run_dir, record, result.recovery, epochs=epochs, steps=steps, lr=lr,
+                  seed=result.seed, race=race, max_acc_drop=max_acc_drop, progress=progress, log=log)
 
 
 def resume_arguments(run_dir: str | Path) -> dict:
