@@ -210,15 +210,14 @@ def _streamed(path: str, root: Path, classes: list[str], train_items, val_items,
         return ImageFiles(root, [str(p.relative_to(root)) for p, _ in items], resize=resize, crop=side,
                           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
+    tx, vx = files(train_items), files(val_items)  # in [0, 1] until the statistics are set
     sample = torch.zeros(0)
-    if normalize == "auto":  # a fixed sample of the training images, decoded in [0, 1]
+    if normalize == "auto":  # a fixed sample of the training images
         g = torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(train_items), generator=g)[:STATS_SAMPLE]
-        sample = files(train_items)[pick]
+        sample = tx[torch.randperm(len(train_items), generator=g)[:STATS_SAMPLE]]
     mean, std, how = _normalisation(normalize, sample)
     if normalize == "auto":
         how += f" (estimated on {len(sample)} of them)"
-    tx, vx = files(train_items), files(val_items)
     for x in (tx, vx):
         x.mean, x.std = mean, std
     ty = torch.tensor([label for _, label in train_items], dtype=torch.int64)

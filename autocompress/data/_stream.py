@@ -77,9 +77,8 @@ class ImageFiles:
 
     def take(self, idx) -> "ImageFiles":
         """The images at ``idx`` (indices or a boolean mask), still on disk."""
-        sub = ImageFiles(self.root, [self.paths[i] for i in self._positions(idx)], resize=self.resize,
-                         crop=self.crop, mean=self.mean, std=self.std, threads=self.threads)
-        return sub
+        return ImageFiles(self.root, [self.paths[i] for i in self._positions(idx)], resize=self.resize,
+                          crop=self.crop, mean=self.mean, std=self.std, threads=self.threads)
 
     def fingerprint_bytes(self) -> bytes:
         """What identifies the data for cache keys: the folder, the files (a sample of their sizes
