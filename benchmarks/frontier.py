@@ -204,7 +204,8 @@ def main() -> None:
             "budget_images": args.budget_images, "limit_points": LIMIT, "space": args.space,
             "val_split": args.val_split, "val_samples": args.val_samples, "search_trials": args.trials,
             "search_steps": args.search_steps, "batch": args.batch, "finish_batch": args.finish_batch,
-            "race": args.race}
+            "race": args.race, "race_decides_on": "the whole validation split; drops projected along "
+            "1/sqrt(steps); a winner chosen on its projection is checked halfway through the finish"}
     for target in args.targets.split(","):
         prep = api.prepare("resnet18", f"imagefolder:{cifar_root()}", target, weights=str(WEIGHTS),
                            normalize="cifar10", val_split=args.val_split, val_samples=args.val_samples,

@@ -102,3 +102,33 @@ def test_a_race_shares_the_budget_and_finishes_the_highest_energy_survivor(tmp_p
         steps[h["trial"]] = h["steps"]
     assert steps[out["trial"]] == max(steps.values())
     assert json.loads((tmp_path / "run" / "finished" / f"trial{out['trial']}" / "result.json").read_text())["race"]
+
+
+def test_projected_drop_follows_a_falling_learning_curve_and_never_promises_more():
+    from autocompress.finish import projected_drop
+
+    def curve(s):  # a candidate whose drop falls as 1/sqrt(steps) towards 0.4 points
+        return 0.4 + 9.0 / s ** 0.5
+
+    points = [(20, curve(20)), (140, curve(140))]
+    assert projected_drop(points, 800) == pytest.approx(curve(800), abs=1e-9)
+    assert projected_drop(points + [(400, curve(400))], 800) == pytest.approx(curve(800), abs=1e-9)
+    # below the limit after 800 steps although measured beyond it after 140: 1.16 -> 0.72
+    assert curve(140) > 1.0 > projected_drop(points, 800)
+    assert projected_drop([(20, 1.9), (136, 1.8)], 800) > 1.7  # a flat curve stays where it is
+    assert projected_drop([(20, 1.5), (136, 1.8)], 800) == 1.8  # one getting worse: the last measured
+    assert projected_drop([(136, 1.2)], 800) == 1.2  # one point: no curve
+    assert projected_drop([], 800) == float("inf")
+
+
+def test_a_winner_chosen_on_its_projection_keeps_the_best_measured_entrant_as_fallback():
+    from autocompress.finish import _fallback
+
+    class E:
+        def __init__(self, energy, drop):
+            self.energy, self.drop = energy, drop
+
+    bold, safe, safer, off = E(3.5, 1.2), E(2.8, 0.6), E(2.1, 0.3), E(3.0, 1.1)
+    assert _fallback(bold, [bold, safe, safer, off], 1.0) is safe  # the most energy saved within the limit
+    assert _fallback(safe, [bold, safe, safer, off], 1.0) is None  # measured within: no hedge needed
+    assert _fallback(bold, [bold, off], 1.0) is None  # nothing measured within: nothing to fall back on

@@ -89,3 +89,13 @@ def test_a_search_on_streamed_images_evaluates_the_same_subset_in_every_worker(t
     # the driver, reading the files itself, measures what the workers measured for each config
     for r in evaluated:
         assert result.reproduce(r["trial"]).accuracy == pytest.approx(r["metrics"]["accuracy"], abs=1e-9)
+
+
+def test_a_validation_subset_keeps_the_whole_split_for_the_finish_but_not_for_workers(digits):
+    sub = digits.subset_val(100)
+    assert len(sub.val_y) == 100 and torch.bincount(sub.val_y).tolist() == [10] * 10  # class-balanced
+    x, y = sub.whole_val  # the race and the finished figures decide on all of it
+    assert torch.equal(y, digits.val_y) and torch.equal(x, digits.val_x)
+    assert len(sub.subset_val(50).whole_val[1]) == len(digits.val_y)  # a subset of a subset: still the whole
+    workers = sub.without_test()
+    assert workers.all_val_y is None and len(workers.whole_val[1]) == 100

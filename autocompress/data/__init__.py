@@ -35,6 +35,17 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)
     test_x: torch.Tensor | None = None  # the split final figures are reported on; None: none given
     test_y: torch.Tensor | None = None
+    # the whole validation split where ``val`` is a fixed subset of it (the search screens on the
+    # subset; the finishing race decides on all of it, where a point is worth the images)
+    all_val_x: torch.Tensor | None = None
+    all_val_y: torch.Tensor | None = None
+
+    @property
+    def whole_val(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole validation split: (images, labels)."""
+        if self.all_val_y is None:
+            return self.val_x, self.val_y
+        return self.all_val_x, self.all_val_y
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -64,12 +75,14 @@ class DataBundle:
         if not n or n >= len(self.val_y):
             return self
         idx = balanced_indices(self.val_y, n, seed)
-        return replace(self, val_x=take(self.val_x, idx), val_y=self.val_y[idx],
+        whole_x, whole_y = self.whole_val
+        return replace(self, val_x=take(self.val_x, idx), val_y=self.val_y[idx], all_val_x=whole_x, all_val_y=whole_y,
                        notes=self.notes + [f"validation on a fixed class-balanced subset of {n} samples"])
 
     def without_test(self) -> "DataBundle":
-        """The same bundle without its test split: what a search's workers get (they never use it)."""
-        return replace(self, test_x=None, test_y=None)
+        """The same bundle without its test split and with only the validation subset: what a
+        search's workers get (they use nothing else)."""
+        return replace(self, test_x=None, test_y=None, all_val_x=None, all_val_y=None)
 
     def carve_validation(self, n: int, seed: int = 0) -> "DataBundle":
         """Hold ``n`` class-balanced training samples out as the validation split; the current
