@@ -8,15 +8,17 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autocompress import operators
 from autocompress._errors import UserError
 from autocompress.graph import LayerTable
+from autocompress.operators import SUPPORTED_BITS
 
 __all__ = ["LayerConfig", "ArchConfig", "CompressionConfig", "ResolvedConfig", "resolve", "kept_channels",
            "factor_rank", "FLOAT_BITS", "SUPPORTED_BITS"]
@@ -24,11 +26,13 @@ __all__ = ["LayerConfig", "ArchConfig", "CompressionConfig", "ResolvedConfig", "
 FORMAT = "autocompress.CompressionConfig"
 VERSION = 2  # 2: per-layer rank, arch (width, dropped blocks)
 FLOAT_BITS = 32
-SUPPORTED_BITS = (2, 3, 4, 5, 6, 8, 16)
 
 
 class LayerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A layer's settings: the built-in knobs below, plus one field per registered plug-in
+    operator (``autocompress.operators``), checked by that operator."""
+
+    model_config = ConfigDict(extra="allow")
 
     prune: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of output channels removed")
     wbits: int | None = Field(None, description="weight bits; None keeps float weights")
@@ -42,6 +46,20 @@ class LayerConfig(BaseModel):
         if v is not None and v not in SUPPORTED_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, not {v}")
         return v
+
+    @model_validator(mode="after")
+    def _plugin_fields(self):
+        extra = self.__pydantic_extra__ or {}
+        for key in list(extra):
+            plugins = [op.knob for op in operators.plugins()]
+            if key not in plugins:
+                raise ValueError(f"unknown field {key!r} (plug-in operators: {', '.join(plugins) or 'none'})")
+            extra[key] = operators.get(key).validate(extra[key])
+        return self
+
+    def value(self, knob: str):
+        """A plug-in operator's value for this layer (its default where unset)."""
+        return (self.__pydantic_extra__ or {}).get(knob, operators.get(knob).default)
 
 
 class ArchConfig(BaseModel):
@@ -188,6 +206,7 @@ class ResolvedConfig:
     present: np.ndarray  # False where the layer's block is dropped
     kept: dict[str, int]  # channel group -> channels kept
     extra_params: int | np.ndarray  # batch norm and other non-layer parameters left
+    plugins: dict[str, np.ndarray] = field(default_factory=dict)  # plug-in knob -> per-layer value (NaN: unset)
 
     @property
     def params(self) -> int:
@@ -308,8 +327,10 @@ def _plan(table: LayerTable) -> _Plan:
     return plan
 
 
-def _fill(plan: _Plan, table: LayerTable, config: CompressionConfig, kept, wbits, abits, rank, present, extra):
-    """Write one config's kept channels, bits, rank ratios and dropped layers into row arrays."""
+def _fill(plan: _Plan, table: LayerTable, config: CompressionConfig, kept, wbits, abits, rank, present, extra,
+          plugins: dict[str, np.ndarray]):
+    """Write one config's kept channels, bits, rank ratios, plug-in values and dropped layers
+    into row arrays."""
     for g, r in effective_ratios(table, config).items():
         i = plan.group_names.index(g)
         kept[i] = kept_channels(int(plan.group_channels[i]), r, config.channel_multiple)
@@ -321,6 +342,13 @@ def _fill(plan: _Plan, table: LayerTable, config: CompressionConfig, kept, wbits
             abits[i] = lc.abits
         if lc.rank is not None:
             rank[i] = lc.rank
+        for knob, v in (lc.model_extra or {}).items():
+            op = operators.get(knob)
+            if operators.is_identity(op, v):
+                continue
+            if not op.applies_to(table[name]):
+                raise UserError(f"layer {name!r} cannot take {knob} ({op.description})")
+            plugins[knob][i] = float(v)
     for b in check_blocks(table, config):
         present &= ~plan.block_layers[b]
         extra -= plan.block_extra[b]
@@ -344,6 +372,10 @@ def _shapes(plan: _Plan, table: LayerTable, kept, rank_ratio, present, group_ext
     return cin, cout, groups, macs, wparams, bparams, rank, extra
 
 
+def _plugin_arrays(shape) -> dict[str, np.ndarray]:
+    return {op.knob: np.full(shape, np.nan) for op in operators.plugins()}
+
+
 def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
     """Compressed shapes, parameters, MACs and bits of every layer, from the table and config."""
     plan = _plan(table)
@@ -351,12 +383,13 @@ def resolve(table: LayerTable, config: CompressionConfig) -> ResolvedConfig:
     kept = plan.group_channels.copy()
     wbits, abits = np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_BITS, dtype=np.int64)
     rank, present, gextra = np.zeros(n), np.ones(n, dtype=bool), plan.group_extra.copy()
-    _fill(plan, table, config, kept, wbits, abits, rank, present, gextra)
+    plugins = _plugin_arrays((n,))
+    _fill(plan, table, config, kept, wbits, abits, rank, present, gextra, plugins)
     cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, rank,
                                                                      present, gextra, np.array(config.fold_batchnorm))
     kept_map = dict(zip(plan.group_names, kept.astype(int).tolist()))
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
-                          kept_map, int(extra))
+                          kept_map, int(extra), plugins)
 
 
 def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> ResolvedConfig:
@@ -367,10 +400,12 @@ def resolve_many(table: LayerTable, configs: list[CompressionConfig]) -> Resolve
     wbits, abits = np.full((n, L), FLOAT_BITS, dtype=np.int64), np.full((n, L), FLOAT_BITS, dtype=np.int64)
     rank, present = np.zeros((n, L)), np.ones((n, L), dtype=bool)
     gextra = np.tile(plan.group_extra, (n, 1))
+    plugins = _plugin_arrays((n, L))
     for row, config in enumerate(configs):
-        _fill(plan, table, config, kept[row], wbits[row], abits[row], rank[row], present[row], gextra[row])
+        _fill(plan, table, config, kept[row], wbits[row], abits[row], rank[row], present[row], gextra[row],
+              {k: v[row] for k, v in plugins.items()})
     fold = np.array([c.fold_batchnorm for c in configs])
     cin, cout, groups, macs, wparams, bparams, rank, extra = _shapes(plan, table, kept, rank,
                                                                      present, gextra, fold)
     return ResolvedConfig(table.names, cin, cout, groups, macs, wparams, bparams, wbits, abits, rank, present,
-                          {}, extra)
+                          {}, extra, plugins)

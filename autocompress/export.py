@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from autocompress._errors import UserError
+from autocompress.compress import plugin_layers
 from autocompress.config import FLOAT_BITS, CompressionConfig, effective_ratios, resolve
 from autocompress.graph import LayerTable
 from autocompress.utils import atomic_write_text
@@ -19,8 +20,9 @@ FORMATS = ("json", "yaml", "csv", "torch", "onnx", "ort-overrides", "nncf", "inc
 
 def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
     """One row per layer: pruning ratio of its output channels (width multiplier included), kept
-    channels, bits, rank of a factorised layer, whether its block is dropped, MACs, parameters:
-    the table tools that take per-layer settings read."""
+    channels, bits, rank of a factorised layer, plug-in operators' columns (e.g. sparsity) where
+    the config uses them, whether its block is dropped, MACs, parameters: the table tools that
+    take per-layer settings read."""
     r = resolve(table, config)
     ratios = effective_ratios(table, config)
     rows = []
@@ -33,7 +35,12 @@ def layer_table(table: LayerTable, config: CompressionConfig) -> pd.DataFrame:
                      "activation_bits": None if r.abits[i] >= FLOAT_BITS else int(r.abits[i]),
                      "rank": int(r.rank[i]) or None, "dropped": not bool(r.present[i]),
                      "macs": int(r.macs[i]), "params": int(r.weight_params[i] + r.bias_params[i])})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for op, layers in plugin_layers(config):  # a plug-in operator's column, where the config uses it
+        if op.column:
+            frame.insert(frame.columns.get_loc("dropped"), op.column[0],
+                         [op.cell(layers.get(name)) if name in layers else None for name in frame["layer"]])
+    return frame
 
 
 def _storage(bits: int) -> tuple[int, torch.dtype]:

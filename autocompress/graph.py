@@ -320,3 +320,15 @@ def trace(model: nn.Module, example: torch.Tensor) -> LayerTable:
             blocks[name] = Block(name, inside, sum(p.numel() for p in modules[name].parameters()))
     return LayerTable(layers, groups, tuple(example.shape[1:]), total,
                       other_params=total - layer_params - covered, notes=notes, blocks=blocks)
+
+
+def compute_layers(model: nn.Module, name: str) -> list[nn.Module]:
+    """The conv / linear modules that carry layer ``name``: itself, or its two factors; none
+    when the layer's block was dropped."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return []
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return [module]
+    return [m for m in module.children() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -307,7 +307,7 @@ class Report:
 
         if self.layers is not None:
             lay = self.layers
-            cols = [(c, label) for c, label in _LAYER_COLUMNS if c in lay and (c != "prune_note" or lay[c].any())]
+            cols = [(c, label) for c, label in _layer_columns() if c in lay and (c != "prune_note" or lay[c].any())]
             lrows = "".join(_tr([_layer_cell(r, c) for c, _ in cols]) for _, r in lay.iterrows())
             layers_html = (f'{img("layers.png", f"Per-layer view of trial {self.pick}")}'
                            f'<div class="scroll"><table id="layer-table"><thead>{_tr([label for _, label in cols], th=True)}'
@@ -439,11 +439,18 @@ def _layers_of(rd: RunDirectory, settings: dict):
     inp = settings.get("inputs", {})
     if str(inp.get("model", "")).endswith("(user model)"):
         raise UserError("this run has no layers.json and its model was a Python object")
-    from autocompress.api import prepare
+    import torch
 
-    prep = prepare(inp["model"], None, inp.get("target_spec") or inp["target"], input_shape=tuple(inp["input_shape"]),
-                   num_classes=inp.get("num_classes"), stem=inp.get("stem"), baseline=None, log=lambda s: None)
-    return (prep.table, prep.profile), "traced again from the model (this run has no layers.json)"
+    from autocompress.graph import trace
+    from autocompress.hardware import load_target
+    from autocompress.models import build_model
+
+    shape = tuple(inp["input_shape"])
+    net, _ = build_model(inp["model"], num_classes=inp.get("num_classes") or 1000, input_shape=shape,
+                         stem=inp.get("stem"))
+    table = trace(net, torch.zeros((1, *shape)))
+    return (table, load_target(inp.get("target_spec") or inp["target"])), \
+        "traced again from the model (this run has no layers.json)"
 
 
 def _layer_view(rd: RunDirectory, settings: dict, records: list[dict], trial: int):
@@ -509,6 +516,15 @@ _LAYER_COLUMNS = [("layer", "layer"), ("kind", "kind"), ("prune_ratio", "pruning
                   ("prune_note", "pruning note")]
 
 
+def _layer_columns() -> list[tuple[str, str]]:
+    """The per-layer table's columns: the built-in ones, with each plug-in operator's before "dropped"."""
+    from autocompress import operators
+
+    cols = list(_LAYER_COLUMNS)
+    at = cols.index(("dropped", "dropped"))
+    return cols[:at] + [op.column for op in operators.plugins() if op.column] + cols[at:]
+
+
 def _layer_cell(r, col: str) -> str:
     if col == "out_channels":
         return f"{int(r['out_channels'])} / {int(r['original_out_channels'])}"
@@ -572,6 +588,12 @@ def config_summary(config: dict | None) -> str:
     ranks = [lc.get("rank") for lc in layers.values() if lc.get("rank") is not None]
     if ranks:
         parts.append(f"{plural(len(ranks), 'layer')} low-rank")
+    from autocompress import operators
+
+    for op in operators.plugins():  # e.g. "3 layers sparsity 2:4"
+        cells = [op.cell(lc[op.knob]) for lc in layers.values() if lc.get(op.knob) not in (None, op.default)]
+        if cells and op.column:
+            parts.append(f"{plural(len(cells), 'layer')} {op.column[1]} {'/'.join(sorted(set(map(str, cells))))}")
     arch = config.get("arch") or {}
     if (arch.get("width") or 1.0) < 1.0:
         parts.append(f"width x{arch['width']:g}")

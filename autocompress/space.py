@@ -6,7 +6,7 @@ A space is a YAML file (search_spaces/*.yaml or a path) with rules::
     exclude: [last]                 # glob patterns of layer names; 'first' / 'last' = the first
                                     # and last layer the forward pass runs (stem, classifier)
     knobs:
-      - knob: prune                 # prune | wbits | abits | rank | width | drop
+      - knob: prune                 # prune | wbits | abits | rank | width | drop | a plug-in's (sparse24)
         per: group                  # group (channel group) | layer | all (one value for all matched)
         layers: ["layer*"]          # glob patterns (default: every layer)
         exclude: [first]            # more exclusions for this rule
@@ -33,10 +33,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autocompress import operators
 from autocompress._errors import UserError
-from autocompress.config import SUPPORTED_BITS, CompressionConfig, LayerConfig, clamp_bits
+from autocompress.config import CompressionConfig, LayerConfig, clamp_bits
 from autocompress.graph import LayerTable
 from autocompress.utils import load_yaml_file, shipped_yaml
 
@@ -46,7 +47,8 @@ __all__ = ["SearchSpace", "BoundSpace", "Param", "load_space", "list_spaces"]
 class KnobRule(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan choices, ranges or steps
 
-    knob: Literal["prune", "wbits", "abits", "rank", "width", "drop"]
+    knob: str = Field(description="an operator's knob: prune, wbits, abits, rank, width, drop, or a plug-in "
+                      "operator's (autocompress.operators)")
     per: Literal["group", "layer", "all", "block"] = "layer"
     layers: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
@@ -55,28 +57,21 @@ class KnobRule(BaseModel):
     step: float | None = Field(None, gt=0)
     name: str | None = None
 
+    @field_validator("knob")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in operators.names():
+            raise ValueError(f"unknown knob {v!r}; valid: {', '.join(operators.names())}")
+        return v
+
     @model_validator(mode="after")
     def _values(self):
         if (self.choices is None) == (self.range is None):
             raise ValueError("give exactly one of 'choices' or 'range'")
         if self.choices is not None and not self.choices:
             raise ValueError("'choices' is empty")
-        vals = self.choices if self.choices is not None else list(self.range)
-        if self.knob == "prune":
-            if any(not 0 <= v < 1 for v in vals):
-                raise ValueError("pruning ratios must be in [0, 1)")
-        elif self.knob in ("rank", "width"):
-            if any(not 0 < v <= 1 for v in vals):
-                raise ValueError(f"{self.knob} ratios must be in (0, 1] (1 keeps the layer whole)")
-        elif self.knob == "drop":
-            if self.range is not None or any(v not in (0, 1) for v in vals):
-                raise ValueError("drop takes choices 0 (keep the block) and/or 1 (drop it)")
-        else:
-            if self.range is not None:
-                raise ValueError(f"{self.knob} takes 'choices' (bit-widths), not a range")
-            bad = [v for v in self.choices if v not in SUPPORTED_BITS]
-            if bad:
-                raise ValueError(f"unsupported bit-width {bad[0]:g}; valid: {list(SUPPORTED_BITS)}")
+        op = operators.get(self.knob)
+        op.check(self.choices if self.choices is not None else list(self.range), self.range is not None)
         if self.range is not None and self.range[0] >= self.range[1]:
             raise ValueError(f"range {list(self.range)} is empty (low must be below high)")
         if self.per == "group" and self.knob != "prune":
@@ -88,6 +83,8 @@ class KnobRule(BaseModel):
         if self.knob == "prune" and self.per == "layer":
             raise ValueError("prune is chosen per channel group (per: group) or for all layers "
                              "(per: all): layers that share channels must share their ratio")
+        if self.per not in op.per:
+            raise ValueError(f"{self.knob} is chosen per: {' or '.join(op.per)}, not per: {self.per}")
         return self
 
 
@@ -162,8 +159,9 @@ class BoundSpace:
                 continue
             layers = [n for n in table.names
                       if _match(n, rule.layers, table) and not _match(n, excluded, table)]
-            if rule.knob == "rank":  # grouped and depthwise convs have no rank to cut
-                layers = [n for n in layers if table[n].groups == 1]
+            op = operators.get(rule.knob)
+            if rule.knob != "prune":  # layers the knob cannot act on (rank: grouped and depthwise convs)
+                layers = [n for n in layers if op.applies_to(table[n])]
             if rule.knob == "prune":  # a group is searched only if none of its producers is excluded
                 layers = [n for n in layers if table[n].out_groups and not any(
                     _match(p, excluded, table) for g in table[n].out_groups for p in table.groups[g].producers)]
@@ -249,16 +247,15 @@ class BoundSpace:
                 if v >= 0.5:
                     arch["drop"].append(p.layers[0])
                 continue
+            op = operators.get(p.knob)
+            v = op.cast(v)
             if p.knob == "rank" and v >= 1.0:  # full rank: the layer stays whole
+                continue
+            if op.plugin and operators.is_identity(op, v):
                 continue
             targets = p.layers
             if p.knob == "prune":  # a group param names its lead layer; record the ratio there
                 targets = tuple(self.table.groups[g].name if g in self.table.groups else g for g in p.layers)
-                v = float(v)
-            elif p.knob == "rank":
-                v = float(v)
-            else:
-                v = int(v)
             for layer in targets:
                 layers.setdefault(layer, {})[p.knob] = v
         return CompressionConfig(layers={k: LayerConfig(**v) for k, v in layers.items()}, arch=arch,

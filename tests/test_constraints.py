@@ -1,6 +1,5 @@
 """The search problem's constraints beyond accuracy: bit-width bounds, quantisation error and a
 quantisation clipping range, checked on real evaluations (no Ray)."""
-import math
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ import torch
 from autocompress._errors import UserError
 from autocompress.hardware import CostModel, load_profile, load_target
 from autocompress.hardware.measure import DEFAULT_WATTS_PER_THREAD, _RaplCounter
-from tests.test_cli import TINY, cli
+from tests.test_cli import cli
 from tests.test_cli_errors import _one_line_error
 
 RAPL = _RaplCounter.open()

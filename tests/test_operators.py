@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.compress import Recovery, apply, factorize
+from autocompress.compress import apply, factorize
 from autocompress.config import CompressionConfig, LayerConfig, kept_channels, resolve
 from autocompress.graph import trace
 from autocompress.models import build_model

@@ -216,3 +216,21 @@ def test_report_renders_in_headless_chromium(search_run, tmp_path):
         row = re.search(rf'<tr data-trial="{c["trial"]}"[^>]*>(.*?)</tr>', dom).group(1)
         cells = re.findall(r"<td>(.*?)</td>", row)
         assert cells[1] == f"{100 * c['accuracy']:.2f}" and cells[6] == f"{c['energy_reduction']:.2f}x"
+
+
+@pytest.mark.slow
+def test_a_run_without_layers_json_is_traced_again_to_the_same_table(search_run, tmp_path):
+    from autocompress.report import _layers_of
+    from autocompress.search.rundir import RunDirectory
+
+    run_dir, _ = search_run
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("settings.json", "baseline.json", "trials.jsonl"):
+        shutil.copy(run_dir / f, old / f)
+    settings = json.loads((run_dir / "settings.json").read_text())
+    (saved, profile), how = _layers_of(RunDirectory(run_dir), settings)
+    (traced, profile2), how2 = _layers_of(RunDirectory(old), settings)
+    assert how == "from layers.json" and how2.startswith("traced again")
+    assert traced.names == saved.names and profile2.name == profile.name
+    assert [x.macs for x in traced.layers] == [x.macs for x in saved.layers]

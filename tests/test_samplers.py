@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from autocompress._errors import UserError
-from autocompress.search._sampler import ALGORITHMS, ladder, make_sampler
+from autocompress.search._algorithms import ALGORITHMS, make_sampler
+from autocompress.search._sampler import ladder
 from autocompress.search._surrogate import SurrogateGuide
 from autocompress.space import Param
 

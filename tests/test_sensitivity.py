@@ -122,7 +122,7 @@ def test_cache_is_reused_and_invalidated_when_the_weights_change(prep, trained_t
 
 
 def test_surrogate_proposes_within_the_limit_and_prefers_energy_reduction(small):
-    from autocompress.search._sampler import make_sampler
+    from autocompress.search._algorithms import make_sampler
     from autocompress.search._surrogate import build_guide
     from autocompress.search.problem import Constraints, Problem
 

@@ -279,7 +279,7 @@ def test_pruning_a_group_param_prunes_the_whole_residual_stage_when_resolved(spa
 
 # --- bad rules are one-line user errors naming the file and the field ----------------------------------
 @pytest.mark.parametrize("rule, field, message", [
-    ("{knob: sparsity, choices: [0.5]}", "knobs.0.knob", "Input should be 'prune'"),
+    ("{knob: sparsity, choices: [0.5]}", "knobs.0.knob", "unknown knob 'sparsity'; valid: prune, wbits"),
     ("{knob: prune, per: group, choices: [0.0], range: [0.0, 0.5]}", "knobs.0", "exactly one of 'choices' or 'range'"),
     ("{knob: prune, per: group}", "knobs.0", "exactly one of 'choices' or 'range'"),
     ("{knob: prune, per: group, choices: []}", "knobs.0", "'choices' is empty"),

@@ -1,7 +1,6 @@
 """What a search leaves for the tools MLOps users already run: an Optuna study of every trial in
 the run directory, Ray Tune's own results beside it (and nothing in the temp directory)."""
 import json
-import os
 import tempfile
 from pathlib import Path
 

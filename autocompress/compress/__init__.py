@@ -41,15 +41,28 @@ class Recovery:
     reconstruct_images: int = 256  # training images the refit sees
 
 
+def plugin_layers(config: CompressionConfig) -> list[tuple]:
+    """(operator, {layer: value}) for every plug-in operator the config sets on some layer."""
+    from autocompress import operators
+
+    out = []
+    for op in operators.plugins():
+        layers = {name: lc.value(op.knob) for name, lc in config.layers.items()
+                  if not operators.is_identity(op, lc.value(op.knob))}
+        if layers:
+            out.append((op, layers))
+    return out
+
+
 def apply(model: nn.Module, table: LayerTable, config: CompressionConfig, *,
           data: DataBundle | None = None, recovery: Recovery = Recovery(), seed: int = 0,
           progress=None) -> nn.Module:
     """Return a compressed copy of ``model``: made shallower, pruned, factorised, recovered,
     then quantised.
 
-    Order: drop blocks -> prune channels (width included) -> factorise -> re-estimate BN ->
-    reconstruct the changed layers by least squares and re-estimate BN again (``reconstruct``)
-    -> then, without quantisation-aware fine-tuning: fine-tune with distillation (float) -> fold
+    Order: drop blocks -> prune channels (width included) -> factorise -> reconstruct the
+    changed layers by least squares (``reconstruct``) -> plug-in operators (``build``, e.g. 2:4
+    masks) -> re-estimate BN -> then, without quantisation-aware fine-tuning: fine-tune with distillation (float) -> fold
     BN into the convs (when the config says so) -> quantise weights -> re-estimate the BNs left
     -> calibrate activation ranges; with it (``qat`` and fine-tuning steps and some bits below
     32): attach weight fake-quantisation and calibrated activation quantisers -> fine-tune
@@ -79,11 +92,15 @@ class Candidate:
         drop_blocks(compressed, table, config)
         prune_channels(compressed, table, config, example)
         factorize_layers(compressed, config)
-        changed = (config.arch.drop or config.arch.width < 1
-                   or any(lc.prune > 0 or lc.rank is not None for lc in config.layers.values()))
+        structure = (config.arch.drop or config.arch.width < 1
+                     or any(lc.prune > 0 or lc.rank is not None for lc in config.layers.values()))
         # the refit normalises with batch statistics itself, so BN is re-estimated after it only
-        if data is not None and changed and recovery.reconstruct:
+        if data is not None and structure and recovery.reconstruct:
             reconstruct_layers(compressed, model, data, images=recovery.reconstruct_images, seed=seed)
+        self.plugins = plugin_layers(config)
+        for op, layers in self.plugins:
+            op.build(compressed, table, layers)
+        changed = structure or bool(self.plugins)
         if data is not None and changed and recovery.bn_batches:
             self._bn(compressed)
         self.wbits = {n: config.layer(n).wbits for n in table.names if config.layer(n).wbits}
@@ -141,6 +158,8 @@ class Candidate:
                 self._bn(compressed)  # the statistics of the quantised weights, which folding bakes in
             remove_weight_fake_quant([m for m in compressed.modules() if parametrize.is_parametrized(m, "weight")
                                       and any(isinstance(f, WeightFakeQuant) for f in m.parametrizations.weight)])
+        for op, layers in self.plugins:  # plain weights again, before folding and quantisation
+            op.finish(compressed, layers)
         if config.fold_batchnorm:
             fold_batchnorms(compressed, self.table)
         weight_sqnr = quantize_weights(compressed, wbits, config.clip)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.compress.lowrank import compute_layers
+from autocompress.graph import compute_layers
 from autocompress.graph import LayerTable
 
 __all__ = ["fold_batchnorms"]

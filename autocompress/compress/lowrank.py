@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from autocompress.config import CompressionConfig, factor_rank
+from autocompress.graph import compute_layers  # noqa: F401 - where the other operators look for it
 
 __all__ = ["factorize", "factorize_layers", "compute_layers"]
 
@@ -61,15 +62,3 @@ def factorize_layers(model: nn.Module, config: CompressionConfig) -> nn.Module:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             model.set_submodule(name, factorize(layer, lc.rank))
     return model
-
-
-def compute_layers(model: nn.Module, name: str) -> list[nn.Module]:
-    """The conv / linear modules that carry layer ``name``: itself, or its two factors; none
-    when the layer's block was dropped."""
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        return []
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return [module]
-    return [m for m in module.children() if isinstance(m, (nn.Conv2d, nn.Linear))]

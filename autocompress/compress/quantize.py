@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from autocompress.compress.lowrank import compute_layers
+from autocompress.graph import compute_layers
 from autocompress.config import FLOAT_BITS
 
 

@@ -30,6 +30,7 @@ does not overlap compute (``memory_overlap: false``). Energy follows the profile
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,7 +38,9 @@ from autocompress.config import FLOAT_BITS, CompressionConfig, ResolvedConfig, r
 from autocompress.graph import LayerTable
 from autocompress.hardware._roofline import Roofline
 from autocompress.hardware._systolic import SystolicArray
-from autocompress.hardware.profile import HardwareProfile
+
+if TYPE_CHECKING:  # the profile module builds cost models: it imports this one
+    from autocompress.hardware.profile import HardwareProfile
 
 __all__ = ["Cost", "CostModel", "fabric_model", "OPERANDS"]
 
@@ -177,6 +180,21 @@ class CostModel:
         per_level[last] = per_level.get(last, 0) + rest
         return where
 
+    def _plugin_factors(self, r: ResolvedConfig, in_per_group, native_bits, stored_bits):
+        """Compute and weight-byte multipliers per GEMM from the plug-in operators a config sets
+        (:mod:`autocompress.operators`), each asked what it changes on this profile."""
+        from autocompress import operators
+
+        compute = weight = 1.0
+        for op in operators.plugins():
+            values = r.plugins.get(op.knob)
+            if values is None or np.isnan(values).all():
+                continue
+            c, w = op.cost_factors(np.concatenate([values, values], axis=-1), in_per_group, native_bits,
+                                   stored_bits, self.profile)
+            compute, weight = compute * c, weight * w
+        return compute, weight
+
     def _layers(self, r: ResolvedConfig, detail: bool = False):
         """Per-layer latency and energy; arrays may carry a leading config axis.
 
@@ -206,12 +224,15 @@ class CostModel:
         first_n = np.where(factorised, rank, n)
         macs = pair(self.spatial * g * k * first_n, self.spatial * rank * n) * present * self.batch
         cycles = self.fabric.cycles(self.m_rows, pair(k, rank), pair(first_n, n), pair(g, np.ones_like(g)), macs) / rate
+        compute_f, weight_f = self._plugin_factors(r, pair(r.in_channels // g, rank), pair(w_native, w_native),
+                                                   pair(w_store, w_store))
+        cycles, macs = cycles * compute_f, macs * compute_f  # e.g. 2:4 sparse units skip half the MACs
         compute_s = cycles / p.clock_hz
 
         bias = r.bias_params * 4
         first_weights = r.weight_params - rank * n
-        weight_bytes = pair(first_weights * w_store / 8 + np.where(factorised, 0, bias),
-                            rank * n * w_store / 8 + np.where(factorised, bias, 0)) * present
+        weight_bytes = (pair(first_weights * w_store / 8, rank * n * w_store / 8) * weight_f
+                        + pair(np.where(factorised, 0, bias), np.where(factorised, bias, 0))) * present
         in_elems, out_elems = self.in_elems_per_ch * r.in_channels, self.out_elems_per_ch * r.out_channels
         middle = self.out_elems_per_ch * rank
         in_bytes = pair(in_elems * a_byte, middle * a_byte) * present

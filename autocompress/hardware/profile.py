@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, WithJsonSchema,
+                      model_validator)
 
 from autocompress._errors import UserError
 from autocompress.hardware.target import Target
@@ -145,6 +146,17 @@ class Power(_Strict):
         return self
 
 
+class SemiStructuredSparsity(_Strict):
+    """Sparse units that skip the zeros of N:M-sparse weights (NVIDIA Ampere and later: 2:4)."""
+
+    pattern: Literal["2:4"]
+    compute_speedup: float = Field(gt=1, le=8, description="math throughput on the sparse weights relative to "
+                                   "dense at the same precision")
+    metadata_bits: int = Field(ge=0, le=8, description="index bits stored with each kept weight")
+    weight_bits: list[int] = Field(min_length=1, description="native weight widths the sparse units run")
+    source: str = ""
+
+
 class ReferencePrecision(_Strict):
     weights: int = Field(gt=0, le=32)
     activations: int = Field(gt=0, le=32)
@@ -168,7 +180,9 @@ class HardwareProfile(_Strict, Target):
     energy_model: Literal["power", "per_access"] = Field(
         "power", description="power: time x (idle + utilisation x (busy - idle)) plus off-chip bytes;"
         " per_access: MACs x energy per MAC + bytes x energy per byte + idle (static) power x time")
-    sparsity: Literal["none"] = "none"
+    sparsity: Literal["none"] | SemiStructuredSparsity = Field(
+        "none", description="none: zero weights are computed like any other; or the sparse units a "
+        "sparsity operator (e.g. sparse24) is costed at")
     layer_overhead_cycles: int = Field(0, ge=0)
     memory_overlap: bool = Field(True, description="memory transfers overlap compute (a roofline: a layer takes "
                                  "max(compute, memory)); false: they add up, as in a runtime that dequantises "
@@ -304,10 +318,13 @@ def load_profile(target: str | Path) -> HardwareProfile:
             raise UserError(f"target {target!r}: give a file after '{prefix}:', e.g. {prefix}:path/to/"
                             f"{'array.cfg' if prefix == 'scalesim' else 'accelerator.yaml'}")
         if prefix == "scalesim":
-            from autocompress.hardware._import_scalesim import load_scalesim_cfg
-
-            return load_scalesim_cfg(rest)
-        from autocompress.hardware._import_zigzag import load_zigzag_yaml
-
-        return load_zigzag_yaml(rest)
+            from autocompress.hardware._import_scalesim import load_scalesim_cfg as read
+        else:
+            from autocompress.hardware._import_zigzag import load_zigzag_yaml as read
+        try:  # the importers give the profile's fields; the schema lives here
+            return HardwareProfile.model_validate(read(rest))
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"{Path(rest).name}: {'.'.join(map(str, err['loc']))}: "
+                            f"{' '.join(str(err['msg']).split())}") from None
     return load_yaml_file(target, "autocompress.hw_profiles", "target", HardwareProfile)

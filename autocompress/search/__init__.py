@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from autocompress._errors import UserError
-from autocompress.search._sampler import ALGORITHMS, make_sampler, starting_points
+from autocompress.search._algorithms import ALGORITHMS, make_sampler
+from autocompress.search._sampler import starting_points
 from autocompress.search.problem import OBJECTIVES, Constraints, Problem
 from autocompress.search.rundir import RunDirectory
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from autocompress._errors import unknown_name
+from autocompress import operators
 from autocompress.space import Param
 
 
@@ -95,23 +95,8 @@ class OptunaSampler(Sampler):
             constraints={f"c{i}": float(c) for i, c in enumerate(constraints or [])}))
 
 
-def _pymoo(*args, **kwargs):
-    from autocompress.search._pymoo import PymooSampler
-    return PymooSampler(*args, **kwargs)
 
 
-def _surrogate(*args, **kwargs):
-    from autocompress.search._surrogate import SurrogateSampler
-    return SurrogateSampler(*args, **kwargs)
-
-
-#: --algorithm names: Optuna's samplers, pymoo's algorithms and the sensitivity-guided surrogate
-ALGORITHMS = {"nsga2": OptunaSampler, "tpe": OptunaSampler, "random": OptunaSampler,
-              "pymoo-nsga2": _pymoo, "pymoo-nsga3": _pymoo, "surrogate": _surrogate}
-
-
-#: knobs whose smallest value compresses least; for the others (bits, rank, width) the largest does
-_MORE_IS_SMALLER = ("prune", "drop")
 _BITS = ("wbits", "abits")
 
 
@@ -124,7 +109,8 @@ def ladder(p: Param) -> list[float]:
         if p.step:  # on the range's grid
             mid = p.low + round((mid - p.low) / p.step) * p.step
         values = [p.low, mid, p.high]
-    return sorted(values, reverse=p.knob not in _MORE_IS_SMALLER)
+    # the operator says which end compresses least (prune, drop: the smallest; bits, rank: the largest)
+    return sorted(values, reverse=not operators.get(p.knob).more_is_smaller)
 
 
 def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
@@ -156,15 +142,3 @@ def starting_points(params: list[Param], budget: int) -> list[dict[str, float]]:
         if candidate != least and candidate not in points:
             points.append(candidate)
     return points[:budget // 3]
-
-
-def make_sampler(algorithm: str, params: list[Param], directions: list[str], seed: int,
-                 budget: int, n_constraints: int = 1, guide=None) -> Sampler:
-    """``guide``: the surrogate sampler's predictor and objectives (a SurrogateGuide)."""
-    if algorithm not in ALGORITHMS:
-        raise unknown_name("algorithm", algorithm, list(ALGORITHMS))
-    population = max(8, min(32, budget // 3))
-    kwargs = {"n_constraints": n_constraints} if algorithm.startswith("pymoo") else {}
-    if algorithm == "surrogate":
-        kwargs = {"guide": guide}
-    return ALGORITHMS[algorithm](params, directions, seed, algorithm=algorithm, population_size=population, **kwargs)
