@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from autocompress._errors import UserError
+from autocompress.compress.fold import batchnorm_scale, fold_conv_bn
 from autocompress.compress.quantize import ActQuant, weight_integers
 
 __all__ = ["export_onnx", "export_ort_overrides", "ort_quantize_kwargs", "OnnxExport", "onnx_session",
@@ -115,17 +116,13 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, qlayer: _QLayer | None) -> None:
-    f = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).double()
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)
-    bias = (f * (b - bn.running_mean.double()) + bn.bias.detach().double()).float()
+    weight, bias = fold_conv_bn(conv.weight, conv.bias, bn)
     if qlayer is not None:  # the integers stay; the per-channel scale absorbs the BN factor
-        scale = qlayer.scale.double() * f
+        scale = qlayer.scale.double() * batchnorm_scale(bn)
         sign = torch.where(scale < 0, -1.0, 1.0).double()
         qlayer.q = qlayer.q * sign.float().reshape(-1, 1, 1, 1)
         qlayer.scale = (scale * sign).clamp_min(1e-30).float()
         weight = qlayer.q * qlayer.scale.reshape(-1, 1, 1, 1)
-    else:
-        weight = (conv.weight.detach().double() * f.reshape(-1, 1, 1, 1)).float()
     conv.weight = nn.Parameter(weight)
     conv.bias = nn.Parameter(bias)
 
