@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -288,8 +289,13 @@ class _Plan:
     batchnorm_params: np.ndarray  # per layer: parameters per channel of the batch norm after it
 
 
+#: each live LayerTable's plan, built on first use and dropped with the table (a cache of this
+#: module's own: the table knows nothing of it)
+_PLANS: dict[int, _Plan] = {}
+
+
 def _plan(table: LayerTable) -> _Plan:
-    plan = table.__dict__.get("_resolve_plan")
+    plan = _PLANS.get(id(table))
     if plan is not None:
         return plan
     gnames = list(table.groups)
@@ -323,7 +329,8 @@ def _plan(table: LayerTable) -> _Plan:
         has_bias=np.array([x.bias_params > 0 for x in L]),
         batchnorm_params=np.array([x.batchnorm_params_per_channel for x in L], dtype=np.int64),
     )
-    table.__dict__["_resolve_plan"] = plan
+    _PLANS[id(table)] = plan
+    weakref.finalize(table, _PLANS.pop, id(table), None)
     return plan
 
 

@@ -139,7 +139,6 @@ class LayerTable:
         state = dict(self.__dict__)
         state.pop("_by_name", None)
         state.pop("_names", None)
-        state.pop("_resolve_plan", None)  # a cache, rebuilt on first use
         return state
 
     def __setstate__(self, state):
