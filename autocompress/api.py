@@ -32,6 +32,7 @@ from autocompress.hardware import MeasuredTarget, Target, load_target
 from autocompress.models import build_model, load_weights
 from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings, SearchSettings,
                                  reference_point, run_search, settings_dict)
+from autocompress.search.record import Trial
 from autocompress.search.rundir import pareto_of, trials_frame
 from autocompress.space import BoundSpace, default_space_for, load_space
 
@@ -154,6 +155,14 @@ class SearchResult:
     metric: str = "top1"
     report_path: Path | None = None
 
+    def record(self, trial) -> Trial:
+        """Trial ``trial``'s record (typed: :class:`~autocompress.search.record.Trial`)."""
+        number = self._trial(trial)
+        found = next((r for r in self.records if int(r["trial"]) == number), None)
+        if found is None:
+            raise UserError(f"this run has no trial {number}")
+        return Trial.of(found)
+
     def _trial(self, candidate) -> int:
         """A trial number from an int, a Pareto row (``best()``) or ``"best"``."""
         if isinstance(candidate, str) and candidate == "best":
@@ -195,9 +204,9 @@ class SearchResult:
         trial = self._trial(trial)
         prep = self._prepare()  # the LayerTable and the data for recovery are the search's
         base = model if model is not None else prep.model
-        record = next(r for r in self.records if int(r["trial"]) == int(trial))
+        record = self.record(trial)
         recovery = self.recovery
-        if (record.get("metrics") or {}).get("fidelity") == "screen":
+        if record.screened_only:
             recovery = replace(recovery, finetune_steps=0)
         config = self.config(trial)
         if structure_only:
@@ -262,11 +271,11 @@ class SearchResult:
 
     def reproduce(self, trial: int) -> Metrics:
         """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
-        record = next(r for r in self.records if int(r["trial"]) == int(trial))
+        record = self.record(trial)
         prep = self._prepare()
         threads = torch.get_num_threads()
         torch.set_num_threads(int(record.get("threads") or threads))
-        fidelity = (record.get("metrics") or {}).get("fidelity", "full")
+        fidelity = record.fidelity or "full"
         try:
             return prep.evaluator(self.recovery, self.metric, self.seed).evaluate(
                 self.config(trial), fidelity=fidelity)

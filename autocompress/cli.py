@@ -795,7 +795,7 @@ def apply_cmd(
         prep = _prepare_with_progress(api, args["model"], args["data"], args["target"], weights=args["weights"],
                                       normalize=args["normalize"], val_samples=args["val_samples"],
                                       val_split=args["val_split"])
-        fidelity = (record.get("metrics") or {}).get("fidelity") or "full"
+        fidelity = record.fidelity or "full"
         recovery, metric, seed_ = args["recovery"], args["metric"], args["seed"]
         cfg = CompressionConfig.from_dict(record["config"])
         threads = int(record.get("threads") or torch.get_num_threads())  # reductions depend on the thread count

@@ -24,6 +24,7 @@ from autocompress.compress import Candidate, Recovery
 from autocompress.compress.recover import predict
 from autocompress.config import CompressionConfig
 from autocompress.evaluate import accuracy, paired_drop_se
+from autocompress.search.record import Trial
 from autocompress.search.rundir import RunDirectory
 from autocompress.utils import atomic_write_json, atomic_write_text
 
@@ -42,7 +43,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def pick_record(run_dir: str | Path, pick="best", max_acc_drop: float | None = None) -> dict:
+def pick_record(run_dir: str | Path, pick="best", max_acc_drop: float | None = None) -> Trial:
     """The record of trial ``pick`` (a number) or of the best Pareto candidate (highest energy
     reduction within ``max_acc_drop``, default: the search's own limit)."""
     rd = RunDirectory.existing(run_dir)
@@ -67,13 +68,12 @@ def pick_record(run_dir: str | Path, pick="best", max_acc_drop: float | None = N
 def search_training_images(records: list[dict], recovery: Recovery) -> int:
     """Images through forward + backward over a whole search (fine-tuned candidates)."""
     total = 0
-    for r in records:
-        m = r.get("metrics") or {}
-        if r.get("duplicate_of") is not None or r["status"] == "failed":
+    for r in map(Trial.of, records):
+        if r.duplicate or r.failed:
             continue
-        if "training_images" in m:
-            total += int(m["training_images"] or 0)
-        elif m.get("fidelity") == "full":  # a record written before the count was kept
+        if "training_images" in r.metrics:
+            total += r.training_images
+        elif r.fine_tuned:  # a record written before the count was kept
             total += recovery.finetune_steps * recovery.batch_size
     return total
 
@@ -84,18 +84,13 @@ def race_entrants(records: list[dict], record: dict, max_acc_drop: float, *, ent
     search, a higher energy reduction, and a validation drop at most ``slack`` points beyond
     ``max_acc_drop`` (short fine-tuning leaves accuracy a long one wins back); the highest energy
     reductions first, ``entrants`` in all."""
-    e0 = (record.get("metrics") or {}).get("energy_reduction") or 0.0
-    seen = {int(record["trial"])}
+    record = Trial.of(record)
+    e0 = record.energy_reduction or 0.0
     out = [record]
-    pool = []
-    for r in records:
-        m = r.get("metrics") or {}
-        if (r.get("config") is None or r.get("duplicate_of") is not None or r.get("status") == "failed"
-                or m.get("accuracy_drop") is None or m.get("energy_reduction") is None or int(r["trial"]) in seen):
-            continue
-        if m.get("fidelity") == "full" and m["energy_reduction"] > e0 and m["accuracy_drop"] <= max_acc_drop + slack:
-            pool.append(r)
-    for r in sorted(pool, key=lambda r: -r["metrics"]["energy_reduction"]):
+    pool = [r for r in map(Trial.of, records)
+            if r.comparable() and r.number != record.number and r.fine_tuned
+            and r.energy_reduction > e0 and r.accuracy_drop <= max_acc_drop + slack]
+    for r in sorted(pool, key=lambda r: -r.energy_reduction):
         if len(out) >= entrants:
             break
         out.append(r)
@@ -142,10 +137,10 @@ def projected_drop(points: list[tuple[float, float]], steps: float, exponent: fl
 
 def _search_point(record: dict, batch_size: int) -> list[tuple[float, float]]:
     """The (steps, drop) the search measured for ``record`` after its short fine-tuning."""
-    m = record.get("metrics") or {}
-    if m.get("fidelity") != "full" or not m.get("training_images") or m.get("accuracy_drop") is None:
+    record = Trial.of(record)
+    if not record.fine_tuned or not record.training_images or record.accuracy_drop is None:
         return []
-    return [(m["training_images"] / batch_size, m["accuracy_drop"])]
+    return [(record.training_images / batch_size, record.accuracy_drop)]
 
 
 class _Entrant:

@@ -308,3 +308,20 @@ def test_recovery_is_learned_only_from_candidates_that_lost_more_than_noise():
     real = noisy + [(0.136, 0.89), (0.70, 0.92), (0.60, 0.915)]
     est = RecoveryEstimate.learn(0.933, real)
     assert est.pairs == 3 and est.share > 0.9
+
+
+def test_a_trial_record_answers_what_the_package_asks_of_it():
+    from autocompress.search.record import Trial
+
+    tuned = Trial({"trial": 3, "status": "ok", "params": {}, "config": {"layers": {"conv1": {"wbits": 4}}},
+                   "metrics": {"fidelity": "full", "energy_reduction": 2.5, "accuracy_drop": 0.7,
+                               "training_images": 2560}})
+    assert (tuned.number, tuned.feasible, tuned.fine_tuned, tuned.screened_only, tuned.duplicate) == (3, True, True, False, False)
+    assert (tuned.energy_reduction, tuned.accuracy_drop, tuned.training_images) == (2.5, 0.7, 2560)
+    assert tuned.compression_config().layers["conv1"].wbits == 4 and tuned.comparable()
+    assert tuned["metrics"]["fidelity"] == "full" and Trial.of(tuned) is tuned  # still the record itself
+    screened = Trial.of({"trial": 4, "status": "infeasible", "metrics": {"fidelity": "screen"}, "duplicate_of": 3})
+    assert (screened.feasible, screened.fine_tuned, screened.screened_only, screened.duplicate) == (False, False, True, True)
+    assert not screened.comparable() and screened.compression_config() is None
+    failed = Trial.of({"trial": 5, "status": "failed", "metrics": None})
+    assert failed.failed and failed.metrics == {} and failed.fidelity is None and failed.training_images == 0

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from autocompress.search._sampler import Sampler
+from autocompress.search.record import Trial
 from autocompress.search.predictor import AccuracyPredictor
 from autocompress.search.problem import MIN_INFORMATIVE_LOSS
 from autocompress.space import Param
@@ -208,17 +209,18 @@ class SurrogateSampler(Sampler):
     def observe(self, record: dict) -> None:
         """Learn from a finished trial's record: its screened accuracy, and with fine-tuning,
         what fine-tuning won back."""
-        m = record.get("metrics") or {}
-        if record.get("status") == "failed" or m.get("accuracy") is None or record.get("duplicate_of") is not None:
+        record = Trial.of(record)
+        m = record.metrics
+        if record.failed or m.get("accuracy") is None or record.duplicate:
             return
         base = self.guide.predictor.baseline
         screen = m.get("accuracy_screen")
-        if screen is None and m.get("fidelity") == "screen":
+        if screen is None and record.screened_only:
             screen = m["accuracy"]
         if screen is not None:
             self.guide.predictor.update(record["params"], float(screen))
         final_drop = 100 * (base - float(m["accuracy"]))
-        if m.get("fidelity") == "full" and screen is not None:
+        if record.fine_tuned and screen is not None:
             self.pairs.append((100 * (base - float(screen)), final_drop))
         if m.get("energy_reduction") is not None:
             self.archive.append((dict(record["params"]), float(m["energy_reduction"]), final_drop))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from autocompress.search._sampler import Sampler
+from autocompress.search.record import Trial
 from autocompress.search.problem import Problem
 
 # Ray Tune's own trial tables and banners: the CLI shows its own progress instead
@@ -77,7 +78,7 @@ class SamplerSearcher(_RaySearcher):
             e, a = m["energy_reduction"], m["accuracy"]
             if not any(e2 >= e and a2 >= a for e2, a2 in self.front):
                 self.front = [(e2, a2) for e2, a2 in self.front if not (e >= e2 and a >= a2)] + [(e, a)]
-        if r["status"] != "failed" and m.get("fidelity") == "full" and m.get("accuracy_screen") is not None:
+        if not Trial.of(r).failed and Trial.of(r).fine_tuned and m.get("accuracy_screen") is not None:
             self.pairs.append((m["accuracy_screen"], m["accuracy"]))
 
     def suggest(self, trial_id):

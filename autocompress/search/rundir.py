@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from autocompress.search.pareto import hypervolume, pareto_mask, to_minimisation
+from autocompress.search.record import Trial
 from autocompress.utils import _atomic, atomic_write_json, atomic_write_text
 
 
@@ -159,8 +160,8 @@ class RunDirectory:
     def baseline(self) -> dict:
         return json.loads((self.path / "baseline.json").read_text())
 
-    def trials(self) -> list[dict]:
-        """Every trial recorded, in the order they ended. A line that does not read back as a
+    def trials(self) -> list[Trial]:
+        """Every trial recorded (typed: :class:`~autocompress.search.record.Trial`), in the order they ended. A line that does not read back as a
         trial (half-written by a kill, or damaged: its checksum does not match) or repeats a
         trial's index is skipped; :meth:`set_aside_torn_line` moves such lines aside."""
         path = self.path / "trials.jsonl"
@@ -232,7 +233,7 @@ def _line(record: dict) -> bytes:
     return (body[:-1] + (", " if len(body) > 2 else "") + f'"{_CRC}": "{crc:08x}"}}\n').encode()
 
 
-def _parse(line: bytes) -> dict | None:
+def _parse(line: bytes) -> Trial | None:
     """A trials.jsonl line as its record, or None if it is not one: not JSON, not a trial, or
     its checksum (where it has one: older runs have none) does not match the rest."""
     try:
@@ -244,7 +245,7 @@ def _parse(line: bytes) -> dict | None:
     crc = record.pop(_CRC, None)
     if crc is not None and crc != f"{zlib.crc32(json.dumps(record, default=str).encode()):08x}":
         return None
-    return record
+    return Trial(record)
 
 
 def trials_frame(records: list[dict]) -> pd.DataFrame:
