@@ -33,7 +33,7 @@ from autocompress.models import build_model, load_weights
 from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings, SearchSettings,
                                  reference_point, run_search, settings_dict)
 from autocompress.search.record import Trial
-from autocompress.search.rundir import pareto_of, trials_frame
+from autocompress.search.rundir import best_of, pareto_of, trials_frame
 from autocompress.space import BoundSpace, default_space_for, load_space
 
 __all__ = ["search", "finetune", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
@@ -183,13 +183,10 @@ class SearchResult:
 
     def best(self, max_acc_drop: float | None = None, objective: str = "energy_reduction") -> pd.Series:
         """The Pareto candidate with the best ``objective`` within an accuracy-drop limit."""
-        rows = self.pareto
-        if max_acc_drop is not None:
-            rows = rows[rows["accuracy_drop"] <= max_acc_drop]
-        if rows.empty:
+        best = best_of(self.pareto, max_acc_drop, objective)
+        if best is None:
             raise NothingFeasible("no Pareto candidate meets that limit")
-        ascending = objective in ("size_bytes", "latency_ms", "energy_mj", "accuracy_drop")
-        return rows.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
+        return best
 
     def apply(self, trial, model: nn.Module | None = None, *, structure_only: bool = False) -> nn.Module:
         """Build the compressed model of ``trial`` (from the searched model by default), with

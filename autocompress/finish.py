@@ -25,7 +25,7 @@ from autocompress.compress.recover import predict
 from autocompress.config import CompressionConfig
 from autocompress.evaluate import accuracy, paired_drop_se
 from autocompress.search.record import Trial
-from autocompress.search.rundir import RunDirectory
+from autocompress.search.rundir import RunDirectory, best_of
 from autocompress.utils import atomic_write_json, atomic_write_text
 
 __all__ = ["pick_record", "finish", "race_entrants", "race_survivors", "projected_drop", "search_training_images",
@@ -49,11 +49,14 @@ def pick_record(run_dir: str | Path, pick="best", max_acc_drop: float | None = N
     rd = RunDirectory.existing(run_dir)
     records = rd.trials()
     if str(pick) == "best":
+        import pandas as pd
+
         pareto = json.loads((rd.path / "pareto.json").read_text()) if (rd.path / "pareto.json").exists() else {}
-        rows = [c for c in pareto.get("candidates", []) if max_acc_drop is None or c["accuracy_drop"] <= max_acc_drop]
-        if not rows:
+        best = best_of(pd.DataFrame(pareto.get("candidates", []), columns=["trial", "accuracy_drop", "energy_reduction"]),
+                       max_acc_drop)
+        if best is None:
             raise NothingFeasible(f"no Pareto candidate in {run_dir} meets the limits")
-        trial = max(rows, key=lambda c: c["energy_reduction"])["trial"]
+        trial = int(best["trial"])
     else:
         try:
             trial = int(pick)

@@ -25,7 +25,7 @@ import pandas as pd
 from autocompress._errors import NothingFeasible, UserError
 from autocompress.carbon import (CarbonSettings, break_even_inferences, candidate_figures, carbon_settings,
                                  footprint_g)
-from autocompress.search.rundir import RunDirectory, pareto_of, trials_frame
+from autocompress.search.rundir import RunDirectory, best_of, pareto_of, trials_frame
 from autocompress.search_energy import load_search_energy
 from autocompress.utils import atomic_write_bytes, atomic_write_text
 
@@ -404,9 +404,9 @@ def build_report(run_dir: str | Path, *, pick: int | None = None, carbon: Carbon
         hv_rows.append({"trial": int(t), "hypervolume": pareto_of(frame[frame["trial"].isin(seen)], objectives, ref)[1]})
 
     if pick is None:
-        rows = pareto if max_acc_drop is None else pareto[pareto["accuracy_drop"] <= max_acc_drop]
-        if len(rows):
-            pick = int(rows.sort_values("energy_reduction", ascending=False, kind="stable").iloc[0]["trial"])
+        best = best_of(pareto, max_acc_drop)
+        if best is not None:
+            pick = int(best["trial"])
             limit = max_acc_drop if max_acc_drop is not None else (settings["search"]["constraints"] or {}).get("max_acc_drop")
             reason = ("highest energy reduction on the Pareto set" +
                       (f" within an accuracy drop of {limit:g} pp" if limit is not None else ""))

@@ -279,3 +279,18 @@ def pareto_of(frame: pd.DataFrame, objectives: dict[str, str], reference_point: 
     ref = to_minimisation(pd.DataFrame([reference_point]), objectives)[0]
     pareto = feasible[mask].sort_values(list(objectives)[0], ascending=False, kind="stable")
     return pareto.reset_index(drop=True), hypervolume(F[mask], ref)
+
+
+#: objectives where less is better (the others: more)
+LOWER_IS_BETTER = ("size_bytes", "latency_ms", "energy_mj", "accuracy_drop")
+
+
+def best_of(pareto: pd.DataFrame, max_acc_drop: float | None = None,
+            objective: str = "energy_reduction") -> pd.Series | None:
+    """The Pareto candidate with the best ``objective`` (the highest energy reduction by
+    default) among those within ``max_acc_drop``; ties go to the first listed. None when none is
+    within it. What every "pick the best" (the API, the report, ``finetune --pick best``) uses."""
+    rows = pareto if max_acc_drop is None else pareto[pareto["accuracy_drop"] <= max_acc_drop]
+    if rows.empty:
+        return None
+    return rows.sort_values(objective, ascending=objective in LOWER_IS_BETTER, kind="stable").iloc[0]
