@@ -190,13 +190,17 @@ class BoundSpace:
         return cls(space, table, kept)
 
     def restrict_to(self, profile) -> "BoundSpace":
-        """Drop bit-width choices the target cannot profit from, with a note for each knob."""
+        """Drop bit-width choices and knobs the target cannot profit from, with a note for each."""
         if profile is None:
             return self
         min_w = min(p.weights for p in profile.precisions)
         min_a = min(p.activations for p in profile.precisions)
         out, notes = [], []
         for p in self.params:
+            why_not = operators.get(p.knob).pays_on(profile)
+            if why_not:  # e.g. 2:4 sparsity on a target without sparse units
+                notes.append(why_not)
+                continue
             floor = min_a if p.knob == "abits" else min_w if (p.knob == "wbits" and not profile.packed_weight_storage) else None
             if floor is None or not p.categorical:
                 out.append(p)

@@ -146,3 +146,16 @@ def test_an_ampere_profile_runs_the_sparse_layers_at_twice_the_rate_and_reads_co
     # a profile without sparse units computes the zeros: the same cost as dense
     tpu = CostModel(table, load_profile("tpu-v1"))
     assert tpu.cost(sparse).energy_j == tpu.cost(dense).energy_j
+
+
+def test_the_shipped_full_space_turns_the_knob_only_where_the_target_has_sparse_units(tiny):
+    from autocompress.space import load_space
+
+    model, table = tiny
+    on_a100 = load_space("resnet_full").bind(table).restrict_to(load_profile("nvidia-a100"))
+    on_tpu = load_space("resnet_full").bind(table).restrict_to(load_profile("tpu-v1"))
+    sparse = [p for p in on_a100.params if p.knob == "sparse24"]
+    assert sparse and all(table[p.layers[0]].in_channels >= 4 for p in sparse)
+    assert not any(p.knob == "sparse24" for p in on_tpu.params)
+    assert any("sparse24 left out: tpu-v1 states no 2:4 sparse units" in n for n in on_tpu.notes)
+    assert {p.name for p in on_a100.params} - {p.name for p in sparse} == {p.name for p in on_tpu.params}

@@ -92,6 +92,7 @@ class MeasuredTarget(Target):
                   Precision(weights=8, activations=8, relative_rate=1.0))
     reference_precision = ReferencePrecision(weights=32, activations=32)
     channel_multiple = 1
+    sparsity = "none"  # onnxruntime's CPU kernels and eager PyTorch compute the zeros of 2:4 weights
 
     @property
     def folds_batchnorm(self) -> bool:

@@ -38,7 +38,8 @@ class Target(ABC):
     * the knobs the search may use on it: ``packed_weight_storage`` (bits below the native width
       pay off in memory only when weights are stored packed), ``channel_multiple`` (pruned channel
       counts are kept at multiples of it), ``folds_batchnorm`` (batch norms fold into convs where
-      the target's runtime does so)
+      the target's runtime does so), ``sparsity`` ("none", or the sparse units a sparsity
+      operator is costed at; absent means none)
 
     ``cost_many`` may be overridden where costing in bulk is cheaper than one at a time.
 

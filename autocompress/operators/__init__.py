@@ -57,6 +57,11 @@ class Operator:
         """Whether ``layer`` (a graph Layer) can take this knob at all."""
         return True
 
+    def pays_on(self, target) -> str | None:
+        """None where the knob can save something on ``target``; else why not (one line): the
+        search space then leaves the knob out on that target, with the reason as a note."""
+        return None
+
     # --- plug-ins only ----------------------------------------------------------------------
     def build(self, model, table, layers: dict[str, Any]) -> None:
         """Change the compressed ``model`` in place for ``layers`` (name -> value), before its

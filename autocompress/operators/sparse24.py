@@ -69,6 +69,12 @@ class Sparse24(Operator):
     def applies_to(self, layer):
         return layer.kind in ("conv", "linear") and layer.in_channels * layer.in_per_channel // layer.groups >= 4
 
+    def pays_on(self, target):
+        if getattr(getattr(target, "sparsity", None), "pattern", None) == "2:4":
+            return None
+        return (f"sparse24 left out: {getattr(target, 'name', target)} states no 2:4 sparse units "
+                "(a dense engine computes the zeros)")
+
     def build(self, model, table, layers):
         from torch.nn.utils import parametrize
 
