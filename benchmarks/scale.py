@@ -143,21 +143,30 @@ def search(n: int, out_dir: Path, bn_batches: int = 20) -> dict:
     }
 
 
+def _cpu() -> str:
+    from autocompress.finish import cpu_model
+
+    return cpu_model()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--search-trials", type=int, default=1000)
     ap.add_argument("--skip-search", action="store_true", help="only the bookkeeping path (no Ray)")
+    ap.add_argument("--skip-bookkeeping", action="store_true", help="only the search (keeps the bookkeeping "
+                    "figures already in --out)")
     ap.add_argument("--bn-batches", type=int, default=2, help="batch-norm re-estimation batches per trial (the "
                     "trials' own work: few keep 1,000 trials within the hour on 2 cores)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--machine-note", default="", help="what else ran on the machine, for the JSON")
     args = ap.parse_args()
     n = args.trials
     res = {"benchmark": "per-trial bookkeeping versus the number of trials (issue #17)",
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                      "(shared with another job, run under nice 19)",
+           "machine": f"{_cpu()}, {os.cpu_count()} cores" + (f" ({args.machine_note})" if args.machine_note else ""),
            "goal": "overhead at the last trial / overhead at trial 10 <= 1.5",
-           "bookkeeping": bookkeeping(n)}
+           "bookkeeping": (json.loads(args.out.read_text())["bookkeeping"] if args.skip_bookkeeping and args.out.exists()
+                           else bookkeeping(n))}
     print(json.dumps(res["bookkeeping"], indent=1), flush=True)
     if not args.skip_search:
         with tempfile.TemporaryDirectory() as d:
