@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 import torch
@@ -35,6 +35,9 @@ from autocompress.search import (Constraints, Problem, RunDirectory, RunSettings
 from autocompress.search.record import Trial
 from autocompress.search.rundir import best_of, pareto_of, trials_frame
 from autocompress.space import BoundSpace, default_space_for, load_space
+
+if TYPE_CHECKING:
+    from autocompress.carbon import CarbonSettings
 
 __all__ = ["search", "finetune", "compress", "profile", "load_target", "prepare", "Prepared", "SearchResult",
            "Constraints", "Recovery", "SearchSettings", "RunSettings", "calibrate", "export_onnx"]
@@ -362,7 +365,7 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
            grid_gco2_kwh: float | None = None, pue: float | None = None, country: str | None = None,
            measure_energy: bool = True, report: bool = True, mlflow: str | bool | None = None,
            run_files: dict[str, str] | None = None, settings: SearchSettings | None = None,
-           run: RunSettings | None = None) -> SearchResult:
+           run: RunSettings | None = None, carbon: CarbonSettings | None = None) -> SearchResult:
     """Search the compressions of ``model`` for ``target``; returns the trials and Pareto set.
 
     ``model`` is a zoo name, ``module:callable`` or an nn.Module (used as trained); data is
@@ -382,7 +385,9 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
     ``settings`` (what to search) and ``run`` (how to run it), as Ray Tune's TuneConfig and
     RunConfig: where given, they stand for the keywords they hold (trials, algorithm, seed,
     objectives, constraints, clip_range; workers, cpus_per_trial, gpus_per_trial, ray_address,
-    storage), which are sugar for building them.
+    storage), which are sugar for building them; ``carbon`` likewise stands for
+    ``grid_gco2_kwh`` and ``pue`` (``country`` still names where the search's own energy is
+    spent). Each is checked where it is built, once.
     """
     from autocompress.carbon import carbon_settings
     from autocompress.search_energy import SearchEnergyMeter
@@ -393,15 +398,17 @@ def search(model: str | nn.Module = "resnet18", train_data=None, val_data=None, 
                                          constraints=constraints, clip_range=clip_range)
     trials, objectives, constraints, seed = search_.trials, search_.objectives, search_.constraints, search_.seed
     if run is None:
-        if workers is None and (prepared.profile if prepared else load_target(target)).measures_built_models:
-            workers = 1  # trials timed side by side on one machine would slow each other down
-        if resume is not None and storage is None and (Path(resume) / "settings.json").is_file():
-            storage = (json.loads((Path(resume) / "settings.json").read_text()).get("run") or {}).get("storage")
         run = RunSettings(workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                           ray_address=ray_address, storage=storage)
+    if run.workers is None and (prepared.profile if prepared else load_target(target)).measures_built_models:
+        run = replace(run, workers=1)  # trials timed side by side on one machine would slow each other down
+    if resume is not None and run.storage is None and (Path(resume) / "settings.json").is_file():
+        run = replace(run, storage=(json.loads((Path(resume) / "settings.json").read_text()).get("run") or {}).get("storage"))
     run_ = run
     recovery = recovery or Recovery()
-    carbon = carbon_settings(grid_gco2_kwh, pue, country)  # checked before anything is trained
+    carbon = carbon or carbon_settings(grid_gco2_kwh, pue, country)  # checked before anything is trained
+    if isinstance(space, (str, Path)):
+        space = load_space(space)  # a bad space fails before anything is trained
     if mlflow:
         try:
             import mlflow as _  # noqa: F401

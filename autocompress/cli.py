@@ -280,24 +280,21 @@ def search(
                                   max_quant_error=max_quant_error, max_bits=max_bits, min_bits=min_bits)
         clip = _numbers(clip_range, "--clip-range", 2) if clip_range else None
     cpus, gpus = _resources(resources_per_trial)
+    from autocompress.carbon import carbon_settings
     from autocompress.hardware import load_target
+    from autocompress.search import RunSettings, SearchSettings
     from autocompress.space import SearchSpace, load_space
 
-    load_target(target)  # bad names, files and options fail now, not after the baseline is trained
-    if space is not None and not isinstance(space, SearchSpace):
-        load_space(space)
-    recovery = Recovery(finetune_steps=finetune_steps)
+    # every value is checked once, where it is built, and before the baseline is trained
+    target_ = load_target(target)
+    space_ = space if space is None or isinstance(space, SearchSpace) else load_space(space)
     objs = [o.strip() for o in objectives.split(",") if o.strip()]
-    from autocompress.carbon import carbon_settings
-
-    carbon_settings(grid_gco2_kwh, pue, country)  # bad figures fail now, not after the search
-    from autocompress.search import SearchSettings
-
-    SearchSettings(trials=trials, algorithm=algorithm)  # a bad budget or algorithm too, before any training
-    from autocompress.search import RunSettings
-
+    settings = SearchSettings(trials=trials, algorithm=algorithm, seed=seed, objectives=objs,
+                              constraints=constraints, clip_range=clip)
     run_settings = RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus,
-                               ray_address=ray_address, storage=storage).resolved()
+                               ray_address=ray_address, storage=storage)
+    carbon = carbon_settings(grid_gco2_kwh, pue, country)
+    recovery = Recovery(finetune_steps=finetune_steps)
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
     prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
@@ -308,7 +305,7 @@ def search(
     for note in prep.notes:
         console.print(f"  {note}", style="dim")
 
-    at_once = 1 if prep.profile.measures_built_models and workers is None else run_settings.workers
+    at_once = 1 if target_.measures_built_models and workers is None else run_settings.resolved().workers
     # every=0: a plain line per finished trial when the output is a log, not a terminal
     progress = LoggedProgress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("feasible {task.fields[feasible]}"),
@@ -332,12 +329,9 @@ def search(
                 from autocompress.search import RunDirectory
                 before = RunDirectory(resume).trials()
                 progress.update(task, completed=len(before), left=_left_estimate(before, trials, at_once))
-            result = api.search(model, data=data, target=target, space=space, objectives=objs,
-                                constraints=constraints, trials=trials, algorithm=algorithm, seed=seed,
-                                recovery=recovery, metric=metric, clip_range=clip, workers=workers,
-                                cpus_per_trial=cpus, gpus_per_trial=gpus, ray_address=ray_address,
-                                storage=storage, mlflow=mlflow, out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
-                                grid_gco2_kwh=grid_gco2_kwh, pue=pue, country=country,
+            result = api.search(model, data=data, target=target, space=space_, settings=settings, run=run_settings,
+                                carbon=carbon, country=country, recovery=recovery, metric=metric, mlflow=mlflow,
+                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
                                 run_files=None if resume is not None else {SEARCH_CONFIG_FILE: search_config_text(ctx)})
     except NothingFeasible as e:
         _print_result(e.result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
