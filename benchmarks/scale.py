@@ -3,9 +3,8 @@
 Two measurements, written to benchmarks/results/scale.json:
 
 1. ``search``: a real search (Ray Tune, random sampling, no fine-tuning, a width-1/8 ResNet-18
-   on digits, 64 validation images) of ``--search-trials`` trials (default 1,000 where there
-   are the cores for it; on a shared 2-core machine one trial takes ~3 s, so 1,000 would take
-   an hour and a shorter run is given, which the JSON says). In the driver
+   on digits, 64 validation images, ``--bn-batches`` batch-norm batches per trial) of
+   ``--search-trials`` trials (default 1,000: about 6 minutes on 2 shared cores). In the driver
    it times everything autocompress does per trial besides evaluating it: proposing it
    (``SamplerSearcher.suggest``) and recording it (``on_trial_complete``: the sampler's tell,
    the fsynced trials.jsonl line, trials.csv and pareto.*). It reports the median of that
