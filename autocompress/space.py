@@ -193,24 +193,13 @@ class BoundSpace:
         """Drop bit-width choices and knobs the target cannot profit from, with a note for each."""
         if profile is None:
             return self
-        min_w = min(p.weights for p in profile.precisions)
-        min_a = min(p.activations for p in profile.precisions)
         out, notes = [], []
-        for p in self.params:
-            why_not = operators.get(p.knob).pays_on(profile)
-            if why_not:  # e.g. 2:4 sparsity on a target without sparse units
-                notes.append(why_not)
-                continue
-            floor = min_a if p.knob == "abits" else min_w if (p.knob == "wbits" and not profile.packed_weight_storage) else None
-            if floor is None or not p.categorical:
-                out.append(p)
-                continue
-            choices = tuple(sorted({max(c, floor) for c in p.choices}))
-            if choices != tuple(sorted(set(p.choices))):
-                what = "activation" if p.knob == "abits" else "weight"
-                notes.append(f"{p.knob} below {floor} dropped: {profile.name} computes {what}s at "
-                             f"{floor} bits or more and gains nothing from fewer")
-            out.append(Param(p.name, p.knob, p.layers, choices))
+        for p in self.params:  # each operator says what of its values pays on the target
+            keep, choices, note = operators.get(p.knob).restrict(p.choices, profile)
+            if note:
+                notes.append(note)
+            if keep:
+                out.append(p if choices == p.choices else replace(p, choices=choices))
         if profile.channel_multiple > 1:
             notes.append(f"pruned channel counts are rounded to multiples of {profile.channel_multiple} "
                          f"({profile.name} computes those at full efficiency)")

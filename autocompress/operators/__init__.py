@@ -62,6 +62,14 @@ class Operator:
         search space then leaves the knob out on that target, with the reason as a note."""
         return None
 
+    def restrict(self, choices: tuple | None, target) -> tuple[bool, tuple | None, str | None]:
+        """What of a space's values is worth searching on ``target``: (keep the knob at all, its
+        choices (None: a range, kept as it is), a note on what was dropped and why)."""
+        why_not = self.pays_on(target)
+        if why_not:
+            return False, None, why_not
+        return True, choices, None
+
     # --- plug-ins only ----------------------------------------------------------------------
     def build(self, model, table, layers: dict[str, Any]) -> None:
         """Change the compressed ``model`` in place for ``layers`` (name -> value), before its
@@ -115,13 +123,33 @@ class _Bits(Operator):
     def cast(self, value):
         return int(value)
 
+    def floor(self, target) -> int | None:
+        """The fewest bits that still save something on ``target`` (None: every width does)."""
+        return None
+
+    def restrict(self, choices, target):
+        floor = self.floor(target)
+        if floor is None or choices is None:
+            return True, choices, None
+        kept = tuple(sorted({max(c, floor) for c in choices}))
+        if kept == tuple(sorted(set(choices))):
+            return True, kept, None
+        return True, kept, (f"{self.knob} below {floor} dropped: {target.name} computes {self.operand}s at "
+                            f"{floor} bits or more and gains nothing from fewer")
+
 
 class _WBits(_Bits):
-    knob, description = "wbits", "weight bits"
+    knob, description, operand = "wbits", "weight bits", "weight"
+
+    def floor(self, target):  # bits below the native width pay off only where weights are stored packed
+        return None if target.packed_weight_storage else min(p.weights for p in target.precisions)
 
 
 class _ABits(_Bits):
-    knob, description = "abits", "input activation bits"
+    knob, description, operand = "abits", "input activation bits", "activation"
+
+    def floor(self, target):
+        return min(p.activations for p in target.precisions)
 
 
 class _Fraction(Operator):
