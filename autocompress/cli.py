@@ -293,6 +293,7 @@ def search(
                               constraints=constraints, clip_range=clip)
     run_settings = RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus,
                                ray_address=ray_address, storage=storage)
+    run_settings.resolved()  # what needs the machine (GPUs), also before the baseline
     carbon = carbon_settings(grid_gco2_kwh, pue, country)
     recovery = Recovery(finetune_steps=finetune_steps)
     t0 = time.time()

@@ -1,10 +1,18 @@
-"""The command line, run as a user runs it: a subprocess, its output and its exit code."""
+"""The command line: its output and its exit code. Commands that run real work (a search, a
+resume) run as a user runs them, in a subprocess (``cli_process``); the rest run the same entry
+point in this process (``cli``), which saves the ~2 s of a fresh interpreter importing torch on
+every call. ``test_cli_conventions`` and ``test_bad_input`` keep checking the installed script
+and ``python -m`` as real processes."""
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -14,9 +22,42 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = "tests.tiny_models:tiny_resnet"
 
 
-def cli(*args, timeout=300, env=None):
+def cli_process(*args, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "autocompress.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@contextlib.contextmanager
+def _in(directory: Path):  # contextlib.chdir, which Python 3.10 lacks
+    before = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def cli(*args, timeout=300, env=None):
+    """``autocompress ARGS`` run by ``autocompress.cli.main`` here, as ``python -m`` would run it:
+    the same exit code (an uncaught exception is 1 with its traceback on stderr), stdout and
+    stderr captured. ``timeout`` is kept for the callers' sake: nothing here runs long."""
+    from autocompress import cli as entry
+
+    argv = [*map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with mock.patch.dict(os.environ, env or {}), mock.patch.object(sys, "argv", ["autocompress", *argv]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _in(ROOT):
+        try:
+            entry.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+        except BaseException:  # what the interpreter would print and exit with
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["autocompress", *argv], code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -73,7 +114,7 @@ def test_a_killed_search_resumes_without_losing_a_trial(tmp_path):
     before = _trials(run_dir)
     assert 2 <= len(before) < 7, "the search should have been killed mid-way"
 
-    r = cli("search", "--resume", str(run_dir), timeout=400)
+    r = cli_process("search", "--resume", str(run_dir), timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Resuming" in r.stdout
     after = _trials(run_dir)
@@ -84,7 +125,7 @@ def test_a_killed_search_resumes_without_losing_a_trial(tmp_path):
 
 @pytest.mark.slow
 def test_nothing_feasible_exits_3_with_one_line_and_keeps_the_trials(tmp_path):
-    r = cli("search", "--model", TINY, "--trials", "2", "--workers", "2", "--max-size-mb", "0.00001",
+    r = cli_process("search", "--model", TINY, "--trials", "2", "--workers", "2", "--max-size-mb", "0.00001",
             "--out", str(tmp_path / "r"))
     assert r.returncode == 3, r.stderr[-2000:]
     assert r.stderr.strip().startswith("nothing feasible:") and len(r.stderr.strip().splitlines()) == 1

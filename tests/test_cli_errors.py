@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.waiting import wait_until
-from tests.test_cli import ROOT, TINY, _trials, cli
+from tests.test_cli import ROOT, TINY, _trials, cli, cli_process
 
 
 def _one_line_error(r, code=2):
@@ -61,7 +61,7 @@ def test_a_model_with_no_layer_the_space_can_touch(tmp_path):
 @pytest.mark.slow
 def test_resuming_a_run_directory_of_another_search(tmp_path):
     run = tmp_path / "run"
-    r = cli("search", "--model", TINY, "--trials", "1", "--workers", "1", "--max-acc-drop", "100", "--out", str(run))
+    r = cli_process("search", "--model", TINY, "--trials", "1", "--workers", "1", "--max-acc-drop", "100", "--out", str(run))
     assert r.returncode == 0, r.stderr[-1500:]
     settings = json.loads((run / "settings.json").read_text())
     settings["fingerprint"] = "0" * 16  # as if another model / target / space made it
@@ -76,7 +76,7 @@ def test_resuming_a_run_directory_of_another_search(tmp_path):
 def test_a_trial_that_raises_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
     space = tmp_path / "s.yaml"  # pruning conv2 breaks HardcodedWidthNet's reshape
     space.write_text("name: s\nexclude: [last]\nknobs:\n  - {knob: prune, per: group, choices: [0.0, 0.5]}\n")
-    r = cli("search", "--model", "tests.tiny_models:HardcodedWidthNet", "--space", str(space), "--trials", "6",
+    r = cli_process("search", "--model", "tests.tiny_models:HardcodedWidthNet", "--space", str(space), "--trials", "6",
             "--workers", "2", "--algorithm", "random", "--seed", "3", "--max-acc-drop", "100",
             "--out", str(tmp_path / "run"))
     records = _trials(tmp_path / "run")
@@ -152,7 +152,7 @@ def test_a_run_directory_has_one_writer_and_a_torn_last_line_is_set_aside(tmp_pa
 
     rd = RunDirectory(tmp_path / "run")
     with rd.lock():
-        r = cli("search", "--model", TINY, "--trials", "1", "--out", str(rd.path))
+        r = cli_process("search", "--model", TINY, "--trials", "1", "--out", str(rd.path))
         line = _one_line_error(r)
         assert f"is in use by another search (PID {__import__('os').getpid()})" in line
     with open(rd.path / ".lock") as f:  # released with its holder

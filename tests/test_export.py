@@ -5,13 +5,13 @@ import pytest
 import torch
 import yaml
 
-from tests.test_cli import TINY, _trials, cli
+from tests.test_cli import TINY, _trials, cli, cli_process
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp") / "run"
-    r = cli("search", "--model", TINY, "--trials", "4", "--workers", "2", "--max-acc-drop", "100", "--out", str(out))
+    r = cli_process("search", "--model", TINY, "--trials", "4", "--workers", "2", "--max-acc-drop", "100", "--out", str(out))
     assert r.returncode == 0, r.stderr[-1500:]
     return out
 

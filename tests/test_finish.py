@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.test_cli import TINY, cli
+from tests.test_cli import TINY, cli, cli_process
 
 
 @pytest.mark.slow
@@ -15,7 +15,7 @@ def test_finetune_on_a_run_directory_writes_the_model_and_its_test_split_accurac
                      "  - {knob: prune, per: group, layers: ['layer4.*'], choices: [0.5]}\n"
                      "  - {knob: wbits, per: layer, choices: [4]}\n")
     run_dir = tmp_path / "run"
-    r = cli("search", "--model", TINY, "--trials", "1", "--workers", "1", "--space", str(space),
+    r = cli_process("search", "--model", TINY, "--trials", "1", "--workers", "1", "--space", str(space),
             "--max-acc-drop", "100", "--out", str(run_dir))
     assert r.returncode == 0, r.stderr[-2000:]
     r = cli("finetune", str(run_dir), "--pick", "best", "--steps", "30")

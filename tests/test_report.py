@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import TINY, _trials, cli
+from tests.test_cli import TINY, _trials, cli, cli_process
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -19,7 +19,7 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 def search_run(tmp_path_factory):
     """One CLI search shared by every test here (a few trials on a subset of the digits)."""
     out = tmp_path_factory.mktemp("rep") / "run"
-    r = cli("search", "--model", TINY, "--trials", "4", "--workers", "2", "--max-acc-drop", "100",
+    r = cli_process("search", "--model", TINY, "--trials", "4", "--workers", "2", "--max-acc-drop", "100",
             "--val-samples", "150", "--grid-gco2-kwh", "300", "--pue", "1.2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     return out, r

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.test_cli import ROOT, TINY, cli
+from tests.test_cli import ROOT, TINY, cli, cli_process
 
 HEAVY = ("torch", "ray", "optuna", "pymoo", "pandas", "matplotlib", "onnx", "onnxruntime", "sklearn", "scipy")
 
@@ -44,7 +44,7 @@ def cifar_style_run(tmp_path_factory):
     data = _image_folder(base / "images")
     env = {"AUTOCOMPRESS_CACHE": str(base / "cache")}
     run_dir = base / "run"
-    r = cli("search", "--model", TINY, "--data", f"imagefolder:{data}", "--normalize", "cifar10",
+    r = cli_process("search", "--model", TINY, "--data", f"imagefolder:{data}", "--normalize", "cifar10",
             "--val-split", "24", "--val-samples", "12", "--finetune-steps", "2", "--trials", "3", "--workers", "1",
             "--max-acc-drop", "100", "--out", str(run_dir), env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

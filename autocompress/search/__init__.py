@@ -74,14 +74,16 @@ class RunSettings:
     ray_address: str | None = None  # default: $RAY_ADDRESS (as under `ray job submit`), else a local Ray
     storage: str | None = None  # the Optuna study's storage URL; default: sqlite:///RUN/study.db
 
+    def __post_init__(self):  # checked where the values enter, before any model is loaded or trained
+        if self.workers is not None and self.workers < 1:  # 0 is an error, not "the default"
+            raise UserError(f"--workers must be at least 1, not {self.workers}")
+        if (self.cpus_per_trial is not None and self.cpus_per_trial <= 0) or self.gpus_per_trial < 0:
+            raise UserError("--resources-per-trial: cpu must be above 0 and gpu at least 0")
+
     def resolved(self) -> "RunSettings":
         cores = os.cpu_count() or 1
-        workers = cores if self.workers is None else self.workers  # 0 is an error, not "the default"
-        if workers < 1:
-            raise UserError(f"--workers must be at least 1, not {workers}")
+        workers = cores if self.workers is None else self.workers
         cpus = self.cpus_per_trial or max(1, cores // workers)
-        if cpus <= 0 or self.gpus_per_trial < 0:
-            raise UserError("--resources-per-trial: cpu must be above 0 and gpu at least 0")
         if self.gpus_per_trial > 0 and self.ray_address is None:
             import torch
             if not torch.cuda.is_available():
