@@ -202,7 +202,7 @@ class SearchResult:
         if isinstance(trial, nn.Module):  # apply(model, candidate)
             trial, model = (model if model is not None else "best"), trial
         trial = self._trial(trial)
-        prep = self._prepare()  # the LayerTable and the data for recovery are the search's
+        prep = self.prepare()  # the LayerTable and the data for recovery are the search's
         base = model if model is not None else prep.model
         record = self.record(trial)
         recovery = self.recovery
@@ -215,17 +215,19 @@ class SearchResult:
             config = float_structure(config)
         return apply(base, prep.table, config, data=prep.data, recovery=recovery, seed=self.seed)
 
-    def _prepare(self, log: Callable[[str], None] = lambda s: None) -> Prepared:
+    def prepare(self, log: Callable[[str], None] = lambda s: None, train_progress=None) -> Prepared:
         """The searched model, data and target: the search's own, or (for :func:`load`) rebuilt
-        from the run directory's settings the first time they are needed."""
+        from the run directory's settings the first time they are needed (``log`` and
+        ``train_progress`` as for :func:`prepare`)."""
         if self.prepared is None:
             args = resume_arguments(self.run_dir)
             if str(args["model"]).endswith("(user model)"):
                 raise UserError(f"{self.run_dir} searched a Python nn.Module, which cannot be rebuilt from the run "
-                                f"directory: use the SearchResult that search() returned, or autocompress.compress")
+                                f"directory: use the SearchResult that search() returned, or apply an exported config to the "
+                                f"model (autocompress apply --config FILE --model module:callable)")
             self.prepared = prepare(args["model"], args["data"], args["target"], weights=args["weights"],
                                     val_samples=args["val_samples"], val_split=args["val_split"],
-                                    normalize=args["normalize"], log=log)
+                                    normalize=args["normalize"], log=log, train_progress=train_progress)
         return self.prepared
 
     def export(self, candidate="best", fmt: str = "yaml", path: str | Path | None = None) -> Path:
@@ -271,14 +273,19 @@ class SearchResult:
 
     def reproduce(self, trial: int) -> Metrics:
         """Re-evaluate ``trial`` from its saved config (same data, seed, fidelity and threads)."""
+        return self.rebuild(trial)[1]
+
+    def rebuild(self, trial) -> tuple[nn.Module, Metrics]:
+        """Build ``trial``'s compressed model once as the search did (its config, recovery and
+        fidelity, the run's seed, the thread count it ran with: reductions depend on it) and
+        measure it: ``(model, metrics)``, the metrics comparable with the trial's record."""
         record = self.record(trial)
-        prep = self._prepare()
+        prep = self.prepare()
         threads = torch.get_num_threads()
         torch.set_num_threads(int(record.get("threads") or threads))
-        fidelity = record.fidelity or "full"
         try:
-            return prep.evaluator(self.recovery, self.metric, self.seed).evaluate(
-                self.config(trial), fidelity=fidelity)
+            evaluator = prep.evaluator(self.recovery, self.metric, self.seed)
+            return evaluator.built(self.config(record.number), fidelity=record.fidelity or "full")
         finally:
             torch.set_num_threads(threads)
 
@@ -288,19 +295,12 @@ def load(run_dir: str | Path) -> SearchResult:
     returned it: trials, Pareto set, hypervolume, baseline. ``apply``, ``export``, ``finetune``
     and ``reproduce`` rebuild the searched model and data from the run's settings when first
     needed (a searched Python ``nn.Module`` cannot be rebuilt: ``apply(trial, model)`` takes it)."""
-    from autocompress.search.rundir import hypervolume_reference, pareto_of, trials_frame
-
-    rd = RunDirectory(run_dir)
-    args = resume_arguments(run_dir)  # one line if it is not a run directory
-    records = rd.trials()
-    frame = trials_frame(records)
-    saved = json.loads((rd.path / "pareto.json").read_text()) if (rd.path / "pareto.json").is_file() else {}
-    objectives = rd.settings["search"]["objectives"]
-    ref = saved.get("reference_point") or hypervolume_reference(objectives, args["constraints"].max_acc_drop,
-                                                                 rd.baseline)
-    pareto, hv = pareto_of(frame, objectives, ref)
+    rd = RunDirectory.existing(run_dir)  # one line if it is not a run directory
+    args = resume_arguments(run_dir)
+    front = rd.front()
     report = rd.path / "report.html"
-    return SearchResult(rd.path, frame, pareto, hv, rd.baseline, records, None, args["recovery"], args["seed"],
+    return SearchResult(rd.path, front.trials, front.pareto, front.hypervolume, rd.baseline, front.records, None,
+                        args["recovery"], args["seed"],
                         args["metric"], report_path=report if report.is_file() else None)
 
 
@@ -320,7 +320,7 @@ def finetune(run_dir: str | Path, pick="best", *, epochs: float = 1.0, steps: in
 
     record = pick_record(run_dir, pick, max_acc_drop)  # a bad pick fails before anything is loaded
     result = load(run_dir)
-    return finish(result._prepare(log), run_dir, record, result.recovery, epochs=epochs, steps=steps, lr=lr,
+    return finish(result.prepare(log), run_dir, record, result.recovery, epochs=epochs, steps=steps, lr=lr,
                   seed=result.seed, race=race, max_acc_drop=max_acc_drop, progress=progress, log=log)
 
 

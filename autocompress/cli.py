@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -298,9 +299,9 @@ def search(
     recovery = Recovery(finetune_steps=finetune_steps)
     t0 = time.time()
     console.print(f"[bold]autocompress[/] search: {model} on {target}, {trials} trials, {algorithm}")
-    prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
-                                  input_shape=input_shape, val_samples=val_samples, val_split=val_split,
-                                  normalize=normalize)
+    prep = _prepare_with_progress(partial(api.prepare, model, data, target, weights=str(weights) if weights else None,
+                                          input_shape=input_shape, val_samples=val_samples, val_split=val_split,
+                                          normalize=normalize))
     console.print(f"model: {prep.model_desc}; {len(prep.table)} layers, "
                   f"{prep.table.total_macs / 1e6:.1f} M MACs, {prep.table.total_params / 1e6:.2f} M parameters")
     for note in prep.notes:
@@ -344,9 +345,10 @@ def search(
     _print_result(result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
 
 
-def _prepare_with_progress(api, model, data, target, **kwargs):
-    """``api.prepare`` with a progress bar for the baseline's training (epochs and loss), which
-    can take minutes on a busy machine."""
+def _prepare_with_progress(prepare):
+    """``prepare(log=..., train_progress=...)`` (``api.prepare`` with its arguments bound, or a
+    loaded run's ``SearchResult.prepare``) with a progress bar for the baseline's training
+    (epochs and loss), which can take minutes on a busy machine."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from autocompress._progress import LoggedProgress  # plain lines when the output is a log
@@ -367,7 +369,7 @@ def _prepare_with_progress(api, model, data, target, **kwargs):
         bar.update(task, completed=step, epoch=f"{epoch}/{epochs}", loss=f"{loss:.3f}")
 
     try:
-        return api.prepare(model, data, target, log=console.print, train_progress=on_step, **kwargs)
+        return prepare(log=console.print, train_progress=on_step)
     finally:
         if task is not None:
             bar.stop()
@@ -604,13 +606,8 @@ def export(
 
     record = pick_record(run_dir, pick, max_acc_drop)
     config = CompressionConfig.from_dict(record["config"])
-    args = api.resume_arguments(run_dir)
-    prep = _prepare_with_progress(api, args["model"], args["data"], args["target"], weights=args["weights"],
-                                  val_samples=args["val_samples"], val_split=args["val_split"],
-                                  normalize=args["normalize"])
-
     result = api.load(run_dir)
-    result.prepared = prep  # prepared above with a progress display
+    prep = _prepare_with_progress(result.prepare)
     what = do_export(config, prep.table, fmt, out, model_builder=lambda: result.apply(record["trial"]))
     from autocompress.report import prune_notes
 
@@ -705,8 +702,8 @@ def sensitivity_cmd(
 
     if samples < 1:
         raise UserError(f"--samples must be at least 1, not {samples}")
-    prep = _prepare_with_progress(api, model, data, target, weights=str(weights) if weights else None,
-                                  normalize=normalize)
+    prep = _prepare_with_progress(partial(api.prepare, model, data, target, weights=str(weights) if weights else None,
+                                          normalize=normalize))
     bound, evaluator = prep.space(space), prep.evaluator()
     progress = LoggedProgress(TextColumn("sensitivity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                               console=console, disable=as_json)
@@ -775,44 +772,25 @@ def apply_cmd(
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {str(out.parent)!r} does not exist")
 
-    import torch
-
     import autocompress.api as api
     from autocompress.compress import Recovery
     from autocompress.config import CompressionConfig
     from autocompress.export import save_model
 
     if run is not None:
-        args = api.resume_arguments(run)
-        if str(args["model"]).endswith("(user model)"):
-            raise UserError(f"{run} searched a Python nn.Module, which cannot be rebuilt from the run directory: "
-                            f"use SearchResult.apply() in Python, or --config with --model")
-        prep = _prepare_with_progress(api, args["model"], args["data"], args["target"], weights=args["weights"],
-                                      normalize=args["normalize"], val_samples=args["val_samples"],
-                                      val_split=args["val_split"])
-        fidelity = record.fidelity or "full"
-        recovery, metric, seed_ = args["recovery"], args["metric"], args["seed"]
-        cfg = CompressionConfig.from_dict(record["config"])
-        threads = int(record.get("threads") or torch.get_num_threads())  # reductions depend on the thread count
+        result = api.load(run)
+        prep = _prepare_with_progress(result.prepare)  # one line for a run that searched a Python nn.Module
+        compressed, metrics = result.rebuild(record["trial"])  # built once, as the search built it
     else:
         cfg = CompressionConfig.load(config)  # a bad file fails before anything is trained
-        prep = _prepare_with_progress(api, model or "resnet18", data or "digits", target or "tpu-v1",
-                                      weights=str(weights) if weights else None, normalize=normalize or "auto",
-                                      val_samples=val_samples, val_split=val_split)
-        recovery, metric, seed_ = Recovery(finetune_steps=finetune_steps or 0), "top1", seed or 0
-        fidelity = "full" if recovery.finetune_steps else "screen"
-        threads = torch.get_num_threads()
+        prep = _prepare_with_progress(partial(api.prepare, model or "resnet18", data or "digits", target or "tpu-v1",
+                                              weights=str(weights) if weights else None, normalize=normalize or "auto",
+                                              val_samples=val_samples, val_split=val_split))
+        recovery = Recovery(finetune_steps=finetune_steps or 0)
+        evaluator = prep.evaluator(recovery, "top1", seed=seed or 0)
+        compressed, metrics = evaluator.built(evaluator.complete(cfg),
+                                              fidelity="full" if recovery.finetune_steps else "screen")
         record = None
-    evaluator = prep.evaluator(recovery, metric, seed=seed_)
-    cfg = evaluator.complete(cfg)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed_)
-        compressed = evaluator.build(cfg, recovery if fidelity == "full" else evaluator.screening)  # built once
-        metrics = evaluator.evaluate(cfg, fidelity=fidelity, compressed=compressed)
-    finally:
-        torch.set_num_threads(before)
     what = save_model(compressed, torch_zeros(prep.table.input_shape), out)
     console.print(f"{out}: {what}" + (f" (trial {record['trial']} of {run})" if record else ""))
     console.print(f"  accuracy {100 * metrics.accuracy:.2f}% (drop {metrics.accuracy_drop:.2f} pp), "

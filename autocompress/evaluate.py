@@ -223,6 +223,13 @@ class Evaluator:
         return apply(self.model, self.table, config, data=self.data, recovery=recovery or self.recovery,
                      seed=self.seed)
 
+    def built(self, config: CompressionConfig, fidelity: str = "full") -> tuple[nn.Module, Metrics]:
+        """The compressed model of ``config`` at ``fidelity``, built once, and its metrics (as
+        :meth:`evaluate` measures them): what a user takes away, the figures it was chosen on."""
+        torch.manual_seed(self.seed)
+        compressed = self.build(config, self.recovery if fidelity == "full" else self.screening)
+        return compressed, self.evaluate(config, fidelity=fidelity, compressed=compressed)
+
     def evaluate(self, config: CompressionConfig, metrics: Metrics | None = None, *,
                  fidelity: str = "full", compressed: nn.Module | None = None) -> Metrics:
         """Build the compressed model and measure accuracy and quantisation error, at the

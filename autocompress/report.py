@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd
 from autocompress._errors import NothingFeasible, UserError
 from autocompress.carbon import (CarbonSettings, break_even_inferences, candidate_figures, carbon_settings,
                                  footprint_g)
-from autocompress.search.rundir import RunDirectory, best_of, pareto_of, trials_frame
+from autocompress.search.rundir import RunDirectory, best_of, pareto_of
 from autocompress.search_energy import load_search_energy
 from autocompress.utils import atomic_write_bytes, atomic_write_text
 
@@ -374,17 +373,11 @@ def build_report(run_dir: str | Path, *, pick: int | None = None, carbon: Carbon
                  max_acc_drop: float | None = None) -> Report:
     """Everything the report shows, from the run directory alone."""
     rd = RunDirectory.existing(run_dir)
-    if not (rd.path / "baseline.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no baseline.json)")
-    settings, baseline, records = rd.settings, rd.baseline, rd.trials()
+    settings, baseline = rd.settings, rd.baseline
     carbon = carbon or carbon_settings(stored=settings.get("carbon"))
-    frame = trials_frame(records)
-    objectives = (settings.get("search") or {}).get("objectives") or {"energy_reduction": "max", "accuracy": "max"}
-    pj_path = rd.path / "pareto.json"
-    ref = json.loads(pj_path.read_text()).get("reference_point") if pj_path.exists() else None
-    ref = ref or _reference_point(settings, baseline, objectives)
-    # recomputed from trials.jsonl (the record of truth), so a run killed between writes agrees
-    pareto, hv = pareto_of(frame, objectives, ref)
+    front = rd.front()
+    records, frame, pareto, hv = front.records, front.trials, front.pareto, front.hypervolume
+    objectives, ref = front.objectives, front.reference_point
     search_energy = load_search_energy(rd.path)
     search_kwh = (search_energy or {}).get("total_kwh")
 
@@ -421,13 +414,6 @@ def build_report(run_dir: str | Path, *, pick: int | None = None, carbon: Carbon
     layers, note = (None, "No candidate to show.") if pick is None else _layer_view(rd, settings, records, pick)
     return Report(rd.path, settings, baseline, records, frame, pareto, hv, pd.DataFrame(hv_rows, columns=["trial", "hypervolume"]),
                   carbon, search_energy, base_fig, pick, reason, layers, note, _uniform(records))
-
-
-def _reference_point(settings: dict, baseline: dict, objectives: dict) -> dict:
-    from autocompress.search.rundir import hypervolume_reference
-
-    drop = ((settings.get("search") or {}).get("constraints") or {}).get("max_acc_drop")
-    return hypervolume_reference(objectives, drop, baseline)
 
 
 def _layers_of(rd: RunDirectory, settings: dict):

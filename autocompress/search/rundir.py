@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -44,12 +45,14 @@ class RunDirectory:
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDirectory":
-        """The run directory at ``path``, or one line saying it is not one (no settings.json)."""
+        """The run directory at ``path``, or one line saying it is not one (no settings.json or
+        baseline.json: :meth:`create` writes both before any trial). Every reader asks here."""
         rd = cls(path)
-        if not (rd.path / "settings.json").is_file():
-            from autocompress._errors import UserError
+        for name in ("settings.json", "baseline.json"):
+            if not (rd.path / name).is_file():
+                from autocompress._errors import UserError
 
-            raise UserError(f"{path} is not a run directory (no settings.json)")
+                raise UserError(f"{path} is not a run directory (no {name})")
         return rd
 
     @contextlib.contextmanager
@@ -175,6 +178,21 @@ class RunDirectory:
                 out.append(record)
         return out
 
+    def front(self) -> "Front":
+        """The trials and their Pareto set and hypervolume, recomputed from trials.jsonl (the
+        record of truth, so a run killed between two writes agrees with itself), against the
+        reference point the search used (pareto.json's; for a run without one, the point its
+        objectives and accuracy limit give). What :func:`autocompress.load` and the report show."""
+        settings, baseline, records = self.settings, self.baseline, self.trials()
+        search = settings.get("search") or {}
+        objectives = search.get("objectives") or {"energy_reduction": "max", "accuracy": "max"}
+        saved = self.path / "pareto.json"
+        ref = json.loads(saved.read_text()).get("reference_point") if saved.is_file() else None
+        ref = ref or hypervolume_reference(objectives, (search.get("constraints") or {}).get("max_acc_drop"), baseline)
+        frame = trials_frame(records)
+        pareto, hv = pareto_of(frame, objectives, ref)
+        return Front(records, frame, pareto, hv, objectives, ref)
+
     def append(self, record: dict) -> None:
         """One finished trial, fsynced: a JSON line ending with a CRC-32 of the rest of it, so
         that a damaged line is told from a good one when the run is read back."""
@@ -225,6 +243,18 @@ class RunDirectory:
 
 
 _CRC = "crc32"
+
+
+@dataclass
+class Front:
+    """A run's trials (records and table) with their Pareto set and hypervolume."""
+
+    records: list[Trial]
+    trials: pd.DataFrame
+    pareto: pd.DataFrame
+    hypervolume: float
+    objectives: dict[str, str]
+    reference_point: dict[str, float]
 
 
 def _line(record: dict) -> bytes:
