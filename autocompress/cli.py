@@ -255,9 +255,6 @@ def search(
                               "report.html and pareto.csv have them all either way"),
 ):
     """Search compressions of a model for a target; print the Pareto set and write the report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from autocompress._progress import LoggedProgress  # plain lines when the output is a log
     import autocompress.api as api
     from autocompress.compress import Recovery
     from autocompress.search import Constraints
@@ -308,32 +305,16 @@ def search(
         console.print(f"  {note}", style="dim")
 
     at_once = 1 if target_.measures_built_models and workers is None else run_settings.resolved().workers
-    # every=0: a plain line per finished trial when the output is a log, not a terminal
-    progress = LoggedProgress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("feasible {task.fields[feasible]}"),
-                              TextColumn("best feasible energy reduction {task.fields[best]}"),
-                              TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left {task.fields[left]}"),
-                              console=console, every=0)
-    task = progress.add_task("search", total=trials, feasible=0, best="-", left="-")
-
-    def on_trial(record, records):
-        # "ok" is a trial that met every constraint: the best is within the constraints
-        ok = [r for r in records if r["status"] == "ok"]
-        best = max((r["metrics"]["energy_reduction"] for r in ok), default=None)
-        progress.update(task, completed=len(records), feasible=len(ok),
-                        best=f"{best:.2f}x" if best is not None else "-",
-                        left=_left_estimate(records, trials, at_once))
-
+    progress = _TrialsProgress(trials, at_once)
     t_trials = time.time()
     try:
         with progress:
             if resume is not None:
                 from autocompress.search import RunDirectory
-                before = RunDirectory(resume).trials()
-                progress.update(task, completed=len(before), left=_left_estimate(before, trials, at_once))
+                progress.resumed(RunDirectory(resume).trials())
             result = api.search(model, data=data, target=target, space=space_, settings=settings, run=run_settings,
                                 carbon=carbon, country=country, recovery=recovery, metric=metric, mlflow=mlflow,
-                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=on_trial,
+                                out=out, resume=resume, prepared=prep, log=console.print, on_trial=progress.on_trial,
                                 run_files=None if resume is not None else {SEARCH_CONFIG_FILE: search_config_text(ctx)})
     except NothingFeasible as e:
         _print_result(e.result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
@@ -343,6 +324,41 @@ def search(
         _fail(f"interrupted; every finished trial is kept. Resume with: "
               f"autocompress search --resume {run_dir}", 130)
     _print_result(result, prep.profile, time.time() - t_trials, t_trials - t0, wide=wide)
+
+
+class _TrialsProgress:
+    """The search's progress: trials done, how many met every constraint, the best energy
+    reduction among them and the time left; a plain line per trial when the output is a log."""
+
+    def __init__(self, trials: int, at_once: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from autocompress._progress import LoggedProgress
+
+        self.trials, self.at_once = trials, at_once
+        self.bar = LoggedProgress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("feasible {task.fields[feasible]}"),
+                                  TextColumn("best feasible energy reduction {task.fields[best]}"),
+                                  TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left {task.fields[left]}"),
+                                  console=console, every=0)
+        self.task = self.bar.add_task("search", total=trials, feasible=0, best="-", left="-")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def resumed(self, before: list[dict]) -> None:
+        self.bar.update(self.task, completed=len(before), left=_left_estimate(before, self.trials, self.at_once))
+
+    def on_trial(self, record: dict, records: list[dict]) -> None:
+        ok = [r for r in records if r["status"] == "ok"]  # "ok": met every constraint
+        best = max((r["metrics"]["energy_reduction"] for r in ok), default=None)
+        self.bar.update(self.task, completed=len(records), feasible=len(ok),
+                        best=f"{best:.2f}x" if best is not None else "-",
+                        left=_left_estimate(records, self.trials, self.at_once))
 
 
 def _prepare_with_progress(prepare):
