@@ -187,6 +187,11 @@ class _FakeSampler:
 
 
 class _FakeProblem:
+    from autocompress.search.problem import Problem
+
+    objectives = {"energy_reduction": "max", "accuracy": "max"}
+    maximised = Problem.maximised  # the real points of the front
+
     def objective_values(self, r):
         return None
 

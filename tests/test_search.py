@@ -266,9 +266,10 @@ def test_screening_gives_budget_to_a_heavily_pruned_candidate_until_fine_tuning_
     from autocompress.evaluate import Metrics
     from autocompress.search.problem import Constraints, Problem, RecoveryEstimate
 
-    problem = Problem.__new__(Problem)  # promising() needs the baseline and the constraints only
+    problem = Problem.__new__(Problem)  # promising() needs the baseline, constraints and objectives only
     problem.evaluator = SimpleNamespace(baseline_accuracy=0.877)
     problem.constraints = Constraints(max_acc_drop=1.0)
+    problem.objectives = {"energy_reduction": "max", "accuracy": "max"}
     pruned = Metrics(accuracy=0.625, energy_reduction=3.1)
     assert 0.625 + 0.05 < 0.877 - 0.01  # what the old rule (a 5-point allowance) refused
     assert problem.promising(pruned, front=[])
@@ -280,6 +281,27 @@ def test_screening_gives_budget_to_a_heavily_pruned_candidate_until_fine_tuning_
     assert not problem.promising(pruned, front=[(3.5, 0.877)], pairs=recovered_well)
     estimate = RecoveryEstimate.learn(0.877, recovered_little)
     assert estimate.pairs == 3 and 0.1 < estimate.share < 0.3
+
+
+def test_promising_compares_with_the_front_over_the_searchs_own_objectives():
+    """A search for accuracy and size: a front member saving more energy but bigger does not
+    make a smaller candidate hopeless; one smaller and as accurate does."""
+    from types import SimpleNamespace
+
+    from autocompress.evaluate import Metrics
+    from autocompress.search.problem import Constraints, Problem
+
+    problem = Problem.__new__(Problem)
+    problem.evaluator = SimpleNamespace(baseline_accuracy=0.877)
+    problem.constraints = Constraints(max_acc_drop=1.0)
+    problem.objectives = {"accuracy": "max", "size_bytes": "min"}
+    lossless = [(0.80, 0.877), (0.70, 0.877)]  # everything won back: the best case is the baseline
+    candidate = Metrics(accuracy=0.80, energy_reduction=2.0, size_bytes=5e6)
+    bigger = problem.maximised({"accuracy": 0.877, "size_bytes": 10e6, "energy_reduction": 9.0})
+    smaller = problem.maximised({"accuracy": 0.877, "size_bytes": 4e6, "energy_reduction": 1.0})
+    assert bigger == (0.877, -10e6)
+    assert problem.promising(candidate, front=[bigger], pairs=lossless)
+    assert not problem.promising(candidate, front=[bigger, smaller], pairs=lossless)
 
 
 def test_starting_points_end_with_the_structure_heavy_corner():

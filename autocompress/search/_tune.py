@@ -64,10 +64,10 @@ class SamplerSearcher(_RaySearcher):
         self.seen = seen if seen is not None else {}  # params -> the first record that had them
         self.failure: OSError | None = None  # the run directory could not be written
         # what each trial is sent, kept up to date as trials end so that proposing one costs the
-        # same at trial 1,000 as at trial 10: the non-dominated (energy reduction, accuracy) of
-        # the feasible trials (all a trial's "could it still enter the front" test needs), and
-        # the (screened, fine-tuned) accuracy of every fine-tuned one
-        self.front: list[tuple[float, float]] = []
+        # same at trial 1,000 as at trial 10: the non-dominated points of the feasible trials over
+        # the search's objectives (Problem.maximised; all a trial's "could it still enter the
+        # front" test needs), and the (screened, fine-tuned) accuracy of every fine-tuned one
+        self.front: list[tuple[float, ...]] = []
         self.pairs: list[tuple[float, float]] = []
         for r in self.seen.values():
             self._learn(r)
@@ -75,9 +75,9 @@ class SamplerSearcher(_RaySearcher):
     def _learn(self, r: dict) -> None:
         m = r.get("metrics") or {}
         if r["status"] == "ok":
-            e, a = m["energy_reduction"], m["accuracy"]
-            if not any(e2 >= e and a2 >= a for e2, a2 in self.front):
-                self.front = [(e2, a2) for e2, a2 in self.front if not (e >= e2 and a >= a2)] + [(e, a)]
+            p = self.problem.maximised(m)
+            if not any(all(q >= x for q, x in zip(member, p)) for member in self.front):
+                self.front = [q for q in self.front if not all(x >= y for x, y in zip(p, q))] + [p]
         if not Trial.of(r).failed and Trial.of(r).fine_tuned and m.get("accuracy_screen") is not None:
             self.pairs.append((m["accuracy_screen"], m["accuracy"]))
 

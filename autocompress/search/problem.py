@@ -174,19 +174,31 @@ class Problem:
             if k not in OBJECTIVES:
                 raise UserError(f"unknown objective {k!r}; valid: {', '.join(OBJECTIVES)}")
 
-    def promising(self, screened: Metrics, front: list[tuple[float, float]],
+    def maximised(self, metrics: Metrics | dict) -> tuple[float, ...]:
+        """The objective values of ``metrics`` (a Metrics or a record's metrics), in the order of
+        :attr:`objectives`, each turned so that more is better (a missing one is the worst):
+        the points of the front a trial is compared with."""
+        out = []
+        for k, sense in self.objectives.items():
+            v = metrics.get(k) if isinstance(metrics, dict) else getattr(metrics, k, None)
+            v = float(v) if v is not None else -math.inf
+            out.append(v if sense == "max" or v == -math.inf else -v)
+        return tuple(out)
+
+    def promising(self, screened: Metrics, front: list[tuple[float, ...]],
                   pairs: list[tuple[float, float]] | None = None) -> bool:
         """Could fine-tuning bring a screened candidate onto the Pareto set? Not if, even with
         the gain the candidates fine-tuned so far (``pairs`` of screened and fine-tuned accuracy)
-        make plausible, it stays below the accuracy floor or a member of ``front`` (energy
-        reduction, accuracy pairs) has at least its energy reduction and accuracy."""
+        make plausible, it stays below the accuracy floor, or a member of ``front`` (points of
+        :meth:`maximised`, over the search's own objectives) is at least as good on each."""
         best_case = RecoveryEstimate.learn(self.evaluator.baseline_accuracy, pairs).best_case(screened.accuracy)
         drop = self.constraints.max_acc_drop
         if drop is not None and best_case < self.evaluator.baseline_accuracy - drop / 100:
             return False
-        return not any(e >= screened.energy_reduction and a >= best_case for e, a in front)
+        candidate = self.maximised({**asdict(screened), "accuracy": best_case})
+        return not any(all(m >= c for m, c in zip(member, candidate)) for member in front)
 
-    def evaluate(self, index: int, values: dict[str, float], front: list[tuple[float, float]] | None = None,
+    def evaluate(self, index: int, values: dict[str, float], front: list[tuple[float, ...]] | None = None,
                  pairs: list[tuple[float, float]] | None = None) -> dict:
         """One trial, as the record the run directory keeps. Never raises: a failure is a record.
 
