@@ -6,6 +6,7 @@ the rest for a resumed one), recording each as it ends.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -146,10 +147,15 @@ def run_search(problem: Problem, search: SearchSettings, run: RunSettings, rundi
     from autocompress.search._tune import run_trials
 
     first = max((int(r["trial"]) for r in records), default=-1) + 1
-    run_trials(problem, sampler, budget=remaining, first_index=first, workers=run.workers,
-               cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
-               ray_address=run.ray_address, on_record=on_record, done=list(records),
-               tune_dir=rundir.path / "tune")
+    try:
+        run_trials(problem, sampler, budget=remaining, first_index=first, workers=run.workers,
+                   cpus_per_trial=run.cpus_per_trial, gpus_per_trial=run.gpus_per_trial,
+                   ray_address=run.ray_address, on_record=on_record, done=list(records),
+                   tune_dir=rundir.path / "tune")
+    except BaseException:  # Ctrl-C may land between a trial's line and its table row
+        with contextlib.suppress(OSError):  # a run directory that cannot be written says so itself
+            rundir.write_tables(rundir.trials(), problem.objectives, ref)
+        raise
     rundir.write_tables(rundir.trials(), problem.objectives, ref)  # rebuilt from trials.jsonl
     return records
 
