@@ -291,7 +291,7 @@ def search(
                               constraints=constraints, clip_range=clip)
     run_settings = RunSettings(workers=workers, cpus_per_trial=cpus, gpus_per_trial=gpus,
                                ray_address=ray_address, storage=storage)
-    run_settings.resolved()  # what needs the machine (GPUs), also before the baseline
+    resolved = run_settings.resolved()  # what needs the machine (GPUs), also before the baseline
     carbon = carbon_settings(grid_gco2_kwh, pue, country)
     recovery = Recovery(finetune_steps=finetune_steps)
     t0 = time.time()
@@ -304,7 +304,7 @@ def search(
     for note in prep.notes:
         console.print(f"  {note}", style="dim")
 
-    at_once = 1 if target_.measures_built_models and workers is None else run_settings.resolved().workers
+    at_once = 1 if target_.measures_built_models and workers is None else resolved.workers
     progress = _TrialsProgress(trials, at_once)
     t_trials = time.time()
     try:
